@@ -1,0 +1,92 @@
+"""The inference artifact: what a trained model is, on disk and in the registry.
+
+A directory with
+- ``config.json``: format version, the estimator's architecture config, the intensity
+  normalisation and the grid the model was trained on;
+- ``model.safetensors``: the displacement estimator's weights, and nothing else;
+- ``card.json``: architecture, method, hyperparameters, data, validation metrics, intended use.
+
+Loading builds the displacement estimator alone: the scoring network is a training-time device and
+never appears on the inference path (SPEC, Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.intensity import IntensityConfig
+from models.networks.estimator import DisplacementEstimator, EstimatorConfig, build_estimator
+
+__all__ = ["ARTIFACT_FORMAT", "LoadedModel", "save_artifact", "load_artifact", "write_json_atomic"]
+
+ARTIFACT_FORMAT = 1
+CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "card.json"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary file and rename it over ``path``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class LoadedModel:
+    estimator: DisplacementEstimator
+    config: EstimatorConfig
+    intensity: IntensityConfig
+    train_shape: tuple[int, ...] | None
+    card: dict
+
+    @property
+    def ndim(self) -> int:
+        return self.config.ndim
+
+
+def save_artifact(directory: str | Path, estimator: DisplacementEstimator, config: EstimatorConfig,
+                  intensity: IntensityConfig, card: dict, train_shape: tuple[int, ...] | None = None) -> Path:
+    """Write the three files into ``directory`` (created; existing files are replaced atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in estimator.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS}.")
+    os.close(fd)
+    save_file(state, tmp, metadata={"format": str(ARTIFACT_FORMAT), "arch": config.arch})
+    os.replace(tmp, directory / WEIGHTS)
+    write_json_atomic(directory / CONFIG, {
+        "format": ARTIFACT_FORMAT,
+        "estimator": config.to_dict(),
+        "intensity": intensity.to_dict(),
+        "train_shape": list(train_shape) if train_shape else None,
+    })
+    write_json_atomic(directory / CARD, card)
+    return directory
+
+
+def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build the displacement estimator from ``config.json`` and load its weights (strictly)."""
+    directory = Path(directory)
+    for name in (CONFIG, WEIGHTS):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} is not a model artifact: {name} is missing")
+    meta = json.loads((directory / CONFIG).read_text())
+    if meta.get("format") != ARTIFACT_FORMAT:
+        raise ValueError(f"{directory}: artifact format {meta.get('format')!r}, expected {ARTIFACT_FORMAT}")
+    config = EstimatorConfig.from_dict(meta["estimator"])
+    estimator = build_estimator(config)
+    estimator.load_state_dict(load_file(directory / WEIGHTS, device="cpu"), strict=True)
+    estimator.to(device).eval()
+    card_path = directory / CARD
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    shape = tuple(meta["train_shape"]) if meta.get("train_shape") else None
+    return LoadedModel(estimator, config, IntensityConfig(**meta["intensity"]), shape, card)

@@ -1,0 +1,1 @@
+"""Registration data: the pair type, the synthetic phantom, ACDC readers and the ``--data`` SPEC."""

@@ -1,0 +1,51 @@
+"""Batched forward passes of a displacement estimator, shared by validation, evaluation and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from models.data.pairs import PairSample
+from models.intensity import IntensityConfig, normalize_intensity
+from models.networks.estimator import DisplacementEstimator
+from models.warp import warp
+
+__all__ = ["stack_pairs", "predict_disp", "warp_labels"]
+
+
+def stack_pairs(pairs: Sequence[PairSample], intensity: IntensityConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise each image with the model's function and stack to ``(N, 1, *spatial)`` moving, fixed."""
+    shapes = {p.shape for p in pairs}
+    if len(shapes) != 1:
+        raise ValueError(f"pairs must share one grid to be batched, got shapes {sorted(shapes)}")
+    moving = np.stack([normalize_intensity(p.moving, intensity) for p in pairs])[:, None]
+    fixed = np.stack([normalize_intensity(p.fixed, intensity) for p in pairs])[:, None]
+    return torch.from_numpy(moving), torch.from_numpy(fixed)
+
+
+@torch.no_grad()
+def predict_disp(estimator: DisplacementEstimator, moving: torch.Tensor, fixed: torch.Tensor,
+                 batch_size: int = 16) -> torch.Tensor:
+    """``(N, 1, *spatial)`` normalised pairs -> ``disp`` ``(N, ndim, *spatial)`` in voxels, on CPU."""
+    device = next(estimator.parameters()).device
+    was_training = estimator.training
+    estimator.eval()
+    out = []
+    for start in range(0, moving.shape[0], batch_size):
+        m = moving[start:start + batch_size].to(device)
+        f = fixed[start:start + batch_size].to(device)
+        out.append(estimator(m, f).disp.cpu())
+    estimator.train(was_training)
+    return torch.cat(out)
+
+
+def warp_labels(labels: np.ndarray, disp: torch.Tensor) -> np.ndarray:
+    """Warp an integer label map ``(*spatial)`` with one ``disp`` ``(ndim, *spatial)``: nearest, same dtype.
+
+    Nearest-neighbour sampling can only return labels that exist, so no label is ever invented.
+    """
+    source = torch.from_numpy(labels.astype(np.float32))[None, None]
+    warped = warp(source, disp[None].to(source.dtype), mode="nearest")[0, 0]
+    return warped.round().numpy().astype(labels.dtype)

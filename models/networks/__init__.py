@@ -1,0 +1,1 @@
+"""Displacement estimators and the scoring network."""

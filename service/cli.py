@@ -1,0 +1,249 @@
+"""The ``adacs`` command line: ``train``, ``evaluate``, ``register`` and ``demo``.
+
+Names of commands, flags and output files are a contract other tools call. Heavy libraries (torch,
+SimpleITK) are imported inside the commands, so ``adacs --help`` is instant and this module stays
+importable by the torch-free API process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adacs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a displacement estimator (AdaCS or vanilla)")
+    t.add_argument("--data", required=True, help="training data SPEC: synthetic[:k=v,...] or acdc-h5:PATH[:split]")
+    t.add_argument("--val-data", help="validation data SPEC (default: the val split of acdc-h5 data, or "
+                                      "a differently seeded phantom set for synthetic data; 'none' for none)")
+    t.add_argument("--arch", default="voxelmorph", help="displacement estimator architecture")
+    t.add_argument("--method", default="adacs", help="training method: adacs or none (vanilla)")
+    t.add_argument("--epochs", type=int, default=300, help="epochs after the warm-up(s)")
+    t.add_argument("--steps-per-epoch", type=int, default=50, help="optimiser updates per epoch")
+    t.add_argument("--warmup-epochs", type=int, default=20, help="epochs of each warm-up phase")
+    t.add_argument("--batch-size", type=int, default=8, help="pairs per optimiser update")
+    t.add_argument("--micro-batch-size", type=int, default=None,
+                   help="pairs per forward pass; gradients accumulate to --batch-size (default min(4, B))")
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--lam", type=float, default=0.01, help="smoothness weight λ")
+    t.add_argument("--alpha", type=float, default=0.02, help="scoring regulariser weight α")
+    t.add_argument("--beta", type=float, default=1.5, help="TV momentum scale β")
+    t.add_argument("--kappa", type=float, default=50.0, help="momentum activation scale κ")
+    t.add_argument("--no-bidir", action="store_true", help="train one direction only")
+    t.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
+    t.add_argument("--enc", type=_ints, default=(16, 32, 32, 32), help="U-Net encoder features, e.g. 16,32,32,32")
+    t.add_argument("--dec", type=_ints, default=(32, 32, 32, 32, 32, 16, 16), help="U-Net decoder features")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--picture-every", type=int, default=0, help="write Fig. 4/5 PNGs every N epochs (0: never)")
+    t.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    t.add_argument("--out", required=True, type=Path, help="run directory (rerun with the same --out to resume)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="score a model on labelled pairs (DSC, HD, ASD, folding)")
+    e.add_argument("--model", required=True, type=Path, help="model artifact directory")
+    e.add_argument("--data", required=True, help="data SPEC")
+    e.add_argument("--out", required=True, type=Path, help="report.json to write")
+    e.add_argument("--device", default="auto")
+
+    r = sub.add_parser("register", help="register a moving image onto a fixed image")
+    r.add_argument("--model", required=True, type=Path, help="model artifact directory")
+    r.add_argument("--fixed", required=True, type=Path)
+    r.add_argument("--moving", required=True, type=Path)
+    r.add_argument("--moving-mask", type=Path, help="label map on the moving image, warped to the fixed grid")
+    r.add_argument("--fixed-mask", type=Path, help="label map on the fixed image (Dice goes into the report)")
+    r.add_argument("--out", required=True, type=Path, help="output directory")
+    r.add_argument("--device", default="auto")
+
+    d = sub.add_parser("demo", help="make a synthetic cardiac pair, train a small model, register the pair")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--epochs", type=int, default=4)
+    return parser
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _default_val_spec(spec: str) -> str | None:
+    """Validation data when none is named: the ``val`` split of ACDC training data, or phantom pairs
+    from another seed (a quarter as many, at least 8) for synthetic data."""
+    if spec.startswith("acdc-h5:") and spec.endswith(":train"):
+        return spec[: -len(":train")] + ":val"
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from models.data.spec import describe_spec
+
+        options = dict(describe_spec(spec)["config"])
+        options["seed"] = int(options["seed"]) + 1_000_003
+        options["n"] = max(8, int(options["n"]) // 4)
+        return "synthetic:" + ",".join(f"{k}={v}" for k, v in options.items())
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.data.spec import describe_spec, load_pairs
+    from models.networks.estimator import EstimatorConfig
+    from models.trainer import TrainConfig, train
+
+    micro = args.micro_batch_size or min(4, args.batch_size)
+    cfg = TrainConfig(method=args.method, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, micro_batch_size=micro,
+                      lr=args.lr, lam=args.lam, alpha=args.alpha, beta=args.beta, kappa=args.kappa,
+                      bidir=not args.no_bidir, seed=args.seed, picture_every=args.picture_every,
+                      device=_device(args.device),
+                      estimator=EstimatorConfig(arch=args.arch, enc=args.enc, dec=args.dec, int_steps=args.int_steps))
+    cfg.validate()
+    train_pairs = load_pairs(args.data)
+    val_spec = args.val_data if args.val_data is not None else _default_val_spec(args.data)
+    val_pairs = load_pairs(val_spec) if val_spec and val_spec != "none" else None
+    print(f"training {args.arch}/{args.method} on {len(train_pairs)} pairs"
+          f" (validation: {len(val_pairs) if val_pairs else 0} pairs) -> {args.out}", file=sys.stderr)
+    progress = _ProgressBar(disable=args.quiet)
+    data = {"train": describe_spec(args.data), "val": describe_spec(val_spec) if val_pairs else None}
+    try:
+        result = train(cfg, train_pairs, args.out, val_pairs=val_pairs, callback=progress, data_description=data)
+    finally:
+        progress.close()
+    last = result.history[-1] if result.history else {}
+    print(json.dumps({"model": str(args.out / "model"), "epochs": len(result.history),
+                      "val_dice": last.get("val_dice"), "m_t": last.get("m_t")}))
+    return 0
+
+
+class _ProgressBar:
+    """Adapts trainer progress events to a tqdm bar over all optimiser updates."""
+
+    def __init__(self, disable: bool) -> None:
+        self.disable = disable
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=event.total_steps, initial=event.global_step - 1, disable=self.disable,
+                            unit="upd", dynamic_ncols=True)
+        if event.kind == "step":
+            self.bar.update(1)
+            losses = {k: f"{v:.4g}" for k, v in event.losses.items() if k in ("loss_de", "loss_se")}
+            self.bar.set_description(f"ep {event.epoch + 1}/{event.total_epochs} {event.phase}")
+            self.bar.set_postfix(m_t=f"{event.m_t:.3f}", **losses)
+        elif "val_dice" in event.val:
+            self.bar.write(f"epoch {event.epoch + 1}: val Dice {event.val['val_dice']:.2f}%  m_t {event.m_t:.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.artifact import load_artifact, write_json_atomic
+    from models.data.spec import describe_spec, load_pairs
+    from models.evaluate import evaluate_model
+
+    model = load_artifact(args.model, device=_device(args.device))
+    pairs = load_pairs(args.data)
+    report = evaluate_model(model, pairs)
+    report["model"] = str(args.model)
+    report["data"] = describe_spec(args.data)
+    write_json_atomic(args.out, report)
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import time
+
+    from models.artifact import load_artifact, write_json_atomic
+    from models.io.images import read_image
+    from models.register import register_images
+
+    start = time.perf_counter()
+    model = load_artifact(args.model, device=_device(args.device))
+    load_s = time.perf_counter() - start
+    fixed, moving = read_image(args.fixed), read_image(args.moving)
+    moving_mask = read_image(args.moving_mask) if args.moving_mask else None
+    fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
+    result = register_images(model, fixed, moving, moving_mask, fixed_mask)
+    _write_outputs(args.out, result, fixed)
+    result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
+                          "wall_s": round(time.perf_counter() - start, 4),
+                          "displacement_units": "mm, ITK LPS physical space, fixed point p -> p + u(p)"})
+    write_json_atomic(args.out / "report.json", result.report)
+    print(json.dumps(result.report, indent=2))
+    return 0
+
+
+def _write_outputs(out: Path, result, fixed) -> None:
+    import SimpleITK as sitk
+
+    from models.io.images import displacement_image, write_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_image(displacement_image(result.disp_vox, fixed), out / "displacement.nii.gz")
+    warped = sitk.GetImageFromArray(result.warped)
+    warped.CopyInformation(fixed)
+    write_image(warped, out / "warped.nii.gz")
+    if result.warped_mask is not None:
+        mask = sitk.GetImageFromArray(result.warped_mask)
+        mask.CopyInformation(fixed)
+        write_image(mask, out / "warped_mask.nii.gz")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a small model on phantom pairs and register a held-out phantom pair saved as NIfTI."""
+    import SimpleITK as sitk
+
+    from models.data.synthetic import PhantomConfig, make_phantom_pair
+
+    pair = make_phantom_pair(PhantomConfig(size=64, seed=999), 0)
+    inputs = args.out / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for name, array in (("fixed", pair.fixed), ("moving", pair.moving), ("fixed_mask", pair.fixed_mask),
+                        ("moving_mask", pair.moving_mask)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(pair.spacing_mm or (1.0, 1.0))
+        sitk.WriteImage(image, str(inputs / f"{name}.nii.gz"))
+    spec = "synthetic:dims=2,size=64,n=64,seed=0"
+    rc = main(["train", "--data", spec, "--method", "adacs", "--epochs", str(args.epochs), "--warmup-epochs", "2",
+               "--steps-per-epoch", "10", "--batch-size", "8", "--enc", "16,32,32", "--dec", "32,32,32,16",
+               "--out", str(args.out / "run")])
+    if rc:
+        return rc
+    return main(["register", "--model", str(args.out / "run" / "model"), "--fixed", str(inputs / "fixed.nii.gz"),
+                 "--moving", str(inputs / "moving.nii.gz"), "--moving-mask", str(inputs / "moving_mask.nii.gz"),
+                 "--fixed-mask", str(inputs / "fixed_mask.nii.gz"), "--out", str(args.out / "registration")])
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "register": cmd_register, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"adacs {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
