@@ -77,7 +77,7 @@ def evaluate_model(model, pairs: Sequence[PairSample], label: int = MYOCARDIUM, 
     forward_s = 0.0
     for indices in by_shape.values():
         moving, fixed = stack_pairs([pairs[i] for i in indices], model.intensity)
-        predict_disp(model.estimator, moving[:1], fixed[:1])  # warm-up: first-call allocations
+        predict_disp(model.estimator, moving[:batch_size], fixed[:batch_size])  # warm-up: first-call allocations
         start = time.perf_counter()
         out = predict_disp(model.estimator, moving, fixed, batch_size)
         forward_s += time.perf_counter() - start

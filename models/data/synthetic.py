@@ -7,14 +7,15 @@ and the ES frame is rendered by evaluating the analytic ED phantom at those poin
 ``moving(x + disp_gt(x)) = fixed(x)`` holds up to interpolation and the nuisances (noise, signal
 loss, bias), which are added afterwards and independently per frame.
 
-Motion model (centre ``c`` = ventricle axis, ``rho`` = in-plane distance to it on the ES grid):
-the ED radius is ``R`` with ``R**2 = rho**2 + q(rho)``. ``q`` is the constant ``squeeze`` over the
+Motion model (``rho`` = in-plane distance to the ventricle's axis on the ES grid): the matching
+ED point lies at radius ``R`` with ``R**2 = rho**2 + q(rho)``. ``q`` is a constant ``c`` over the
 ES wall, so ``R dR = rho drho`` there: the wall keeps its area and thickens as it contracts. ``q``
 rises from 0 like ``rho**2`` inside the cavity (the blood pool shrinks, the map stays smooth at
-the axis) and decays to 0 outside the heart. A twist (rotation by a smooth angle) is added; in 3D
-the twist reverses from apex to base and the base descends (longitudinal shortening). The
-Jacobian determinant is ``1 + q'(rho) / (2 rho)`` in 2D (the twist keeps area), positive by
-construction of the decay length.
+the axis) and decays to 0 outside the heart. A twist (rotation by a smooth angle) is added. The
+Jacobian determinant is ``1 + q'(rho) / (2 rho)`` in 2D (the twist keeps area): > 1 in the
+cavity, 1 on the wall, and kept above ~0.5 outside by the decay length. In 3D (axis 0 = long
+axis, apex at low indices) the base also descends towards the apex, the in-plane map absorbs that
+long-axis stretch so the wall keeps its volume, and the twist reverses from apex to base.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from scipy.special import expit
 
 from models.data.pairs import MYOCARDIUM, PairSample
 
-__all__ = ["PhantomConfig", "make_phantom_pair", "make_phantom_dataset"]
+__all__ = ["BLOOD_POOL", "PhantomConfig", "make_phantom_pair", "make_phantom_dataset"]
 
+#: Label of the LV cavity in the phantom's masks (0 is background, ``MYOCARDIUM`` the wall).
 BLOOD_POOL = 1
 SPACING_MM = 1.5
 _EDGE = 0.6  # width (voxels) of the sigmoid edges: anti-aliased, not binary, still sharp.
@@ -39,7 +41,13 @@ _ANATOMY, _TEXTURE, _DROPOUT, _BIAS, _NOISE = range(5)
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    """Parameters of a phantom dataset; every pair is a pure function of ``(config, index)``."""
+    """Parameters of a phantom dataset; every pair is a pure function of ``(config, index)``.
+
+    ``dims`` 2 or 3; grid ``size`` per axis; ``n`` pairs; ``motion`` scales contraction, twist and
+    shortening; ``noise`` is the Rician std (intensities in [0, 1]); ``covisibility`` the chance that
+    one frame of a pair loses signal in a blob; ``inconsistency`` the strength of the per-frame
+    bias field, gain and offset. A nuisance set to 0 is off.
+    """
 
     dims: int = 2
     size: int = 64
@@ -115,8 +123,8 @@ def _sample_heart(config: PhantomConfig, rng: np.random.Generator) -> _Heart:
         angle=rng.uniform(0, np.pi), base=rng.uniform(0.0, 0.15) * cavity[0],
         levels=(rng.uniform(0.41, 0.49), rng.uniform(0.21, 0.29), rng.uniform(0.75, 0.85)),
         texture_amp=rng.uniform(0.05, 0.09),
-        squeeze=config.motion * rng.uniform(0.40, 0.55) * min(cavity[-2:]) ** 2,
-        twist=config.motion * rng.uniform(0.06, 0.12) * rng.choice([-1.0, 1.0]),
+        squeeze=config.motion * rng.uniform(0.45, 0.60) * min(cavity[-2:]) ** 2,
+        twist=config.motion * rng.uniform(0.08, 0.14) * rng.choice([-1.0, 1.0]),
         shortening=config.motion * rng.uniform(0.08, 0.12) * cavity[0] if ndim == 3 else 0.0,
     )
 
@@ -141,29 +149,41 @@ def _longitudinal(heart: _Heart, w: np.ndarray, decay: float) -> tuple[np.ndarra
     return width, above, rise * above, slope, spin
 
 
-def _backward_displacement(heart: _Heart, grid: np.ndarray) -> np.ndarray:
-    """``disp_gt`` ``(ndim, *spatial)`` on the ES grid: ``x + disp(x)`` is the matching ED point."""
-    p = grid - heart.centre.reshape(-1, *([1] * (grid.ndim - 1)))
-    u, v = p[-2], p[-1]
-    rho2 = u * u + v * v
+def _radial_profiles(heart: _Heart, rho2: np.ndarray, width: np.ndarray | float) -> tuple[np.ndarray, ...]:
+    """In-plane profiles on the ES grid: ``fall`` (1 up to just outside the ES wall, then 0) and
+    ``q / rho**2`` with ``q = c * width * s(rho / rho_a)``, ``s(t) = 1 - (1 - t**2)**3`` for t < 1.
+
+    ``s`` rises like ``rho**2`` (smooth at the axis) up to ``rho_a``, inside the ES cavity, so the
+    ES wall sees a constant ``q``. In 3D the cavity narrows towards the apex, and ``rho_a**2`` and
+    ``q`` shrink with it (``width``), which spares the apex cap.
+    """
     c = heart.squeeze
     inner, outer = min(heart.cavity[-2:]), max(heart.cavity[-2:]) + heart.thickness
+    rho_a2 = 0.85**2 * max(inner**2 - c, (0.3 * inner) ** 2)
+    t2 = rho2 / np.maximum(rho_a2 * width, 1e-12)
+    q_over_rho2 = np.where(t2 < 1, c * (3 - 3 * t2 + t2 * t2) / rho_a2, c * width / np.maximum(rho2, 1e-12))
+    # Decay beyond the ES wall; its length keeps det = 1 - c |fall'| / (2 rho) above ~0.5.
+    rho_b = np.sqrt(max(outer**2 - c, 0.0)) + 1.0
+    fall = 1.0 - _smootherstep((np.sqrt(rho2) - rho_b) / max(0.6 * outer, 2.0 * c / rho_b))
+    return fall, q_over_rho2
+
+
+def _backward_displacement(heart: _Heart, grid: np.ndarray) -> np.ndarray:
+    """``disp_gt`` ``(ndim, *spatial)`` on the ES grid: ``x + disp(x)`` is the matching ED point.
+
+    In-plane the ED point is at radius ``R``, ``R**2 = rho**2 / stretch + q``, turned by the twist.
+    """
+    p = grid - heart.centre.reshape(-1, *([1] * (grid.ndim - 1)))
+    u, v = p[-2], p[-1]
     width, above, spin, stretch, disp = 1.0, 1.0, 1.0, 1.0, np.zeros_like(p)
     if grid.shape[0] == 3:
         decay = max(0.5 * heart.cavity[0], 4.0 * heart.shortening)
         width, above, descent, slope, spin = _longitudinal(heart, p[0], decay)
-    # Decay beyond the ES wall; the length keeps det = 1 - c |fall'| / (2 rho) above ~0.5.
-    rho_b = np.sqrt(max(outer**2 - c, 0.0)) + 1.0
-    fall = 1.0 - _smootherstep((np.sqrt(rho2) - rho_b) / max(0.6 * outer, 2.0 * c / rho_b))
-    # q = c * width * s(rho / rho_a(w)), s = 1 - (1 - t**2)**3 rises like rho**2 up to rho_a(w),
-    # which lies inside the ES cavity: the ES wall sees a constant q, hence R dR = rho drho.
-    rho_a2 = 0.85**2 * max(inner**2 - c, (0.3 * inner) ** 2)
-    t2 = rho2 / np.maximum(rho_a2 * width, 1e-12)
-    q_over_rho2 = np.where(t2 < 1, c * (3 - 3 * t2 + t2 * t2) / rho_a2, c * width / np.maximum(rho2, 1e-12))
+    fall, q_over_rho2 = _radial_profiles(heart, u * u + v * v, width)
     if grid.shape[0] == 3:
         disp[0] = heart.shortening * descent * fall  # ES height z comes from ED height z + disp
-        # The in-plane map absorbs the long-axis stretch dZ/dz along the heart: with
-        # R**2 = rho**2 / stretch + q the wall keeps its volume (det = 1 where q is constant).
+        # The in-plane map absorbs the long-axis stretch dZ/dz along the heart, so the wall keeps
+        # its volume (det = 1 where q is constant).
         stretch = 1.0 + heart.shortening * slope * fall
     scale = np.sqrt(1.0 / stretch + fall * above * q_over_rho2)
     phi = heart.twist * fall * spin
@@ -220,7 +240,7 @@ def _dropout(rng: np.random.Generator, labels: np.ndarray, thickness: float) -> 
     centre = np.array(np.unravel_index(wall[rng.integers(wall.size)], labels.shape), dtype=np.float64)
     radii = rng.uniform(0.8, 1.4, labels.ndim) * thickness + 1.0
     p = _identity(labels.shape) - centre.reshape(-1, *([1] * labels.ndim))
-    blob = expit(-_signed_distance(p, radii) / 1.0)
+    blob = expit(-_signed_distance(p, radii))  # a soft edge about a voxel wide
     return 1.0 - 0.97 * blob
 
 
@@ -249,6 +269,8 @@ def _acquire(signal: np.ndarray, config: PhantomConfig, rng_bias: np.random.Gene
 def make_phantom_pair(config: PhantomConfig, index: int) -> PairSample:
     """Pair ``index`` of the dataset ``config``: ED ``moving``, ES ``fixed``, their label maps
     (0 background, 1 blood pool, 2 myocardium) and the exact ``disp_gt`` ``(ndim, *spatial)``."""
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
     shape = (config.size,) * config.dims
     heart = _sample_heart(config, _rng(config, index, _ANATOMY))
     texture = _smooth_field(_rng(config, index, _TEXTURE), shape, 0.03 * config.size)

@@ -1,0 +1,124 @@
+"""The ``adacs`` CLI in-process: train (and resume), evaluate, register 2D/3D NIfTI, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from models.data.synthetic import PhantomConfig, make_phantom_pair
+from service.cli import main
+
+TINY = ["--enc", "8,8", "--dec", "8,8,8"]
+
+
+def train_args(out, epochs=1, data="synthetic:size=32,n=8,seed=0", extra=()):
+    return ["train", "--data", data, "--arch", "voxelmorph", "--method", "adacs", "--epochs", str(epochs),
+            "--steps-per-epoch", "2", "--warmup-epochs", "1", "--batch-size", "2", "--seed", "0",
+            "--out", str(out), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(train_args(out)) == 0
+    return out
+
+
+def test_train_writes_model_checkpoints_history(run_dir, capsys):
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [e["phase"] for e in history["epochs"]] == ["warmup-displacement", "warmup-scoring", "alternating"]
+    assert all("val_dice" in e for e in history["epochs"])  # a validation set is derived for phantoms
+
+
+def test_train_resumes_when_rerun_with_the_same_out(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(out, epochs=1)) == 0
+    first = json.loads((out / "history.json").read_text())["epochs"]
+    assert main(train_args(out, epochs=2)) == 0
+    second = json.loads((out / "history.json").read_text())["epochs"]
+    assert len(second) == 4 and second[:3] == first
+    err = capsys.readouterr().err
+    assert "upd" in err and "ep 4/4 alternating" in err  # the progress bar, resumed at the 4th epoch
+
+
+def test_evaluate_report(run_dir, tmp_path):
+    report_path = tmp_path / "report.json"
+    assert main(["evaluate", "--model", str(run_dir / "model"), "--data", "synthetic:size=32,n=3,seed=7",
+                 "--out", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    for key in ("n_pairs", "dsc_mean", "dsc_std", "hd_mean", "asd_mean", "folding_pct_mean"):
+        assert key in report["summary"]
+    assert report["summary"]["n_pairs"] == 3 and len(report["pairs"]) == 3
+    assert {"pair_id", "dsc", "hd", "asd", "folding_pct", "epe", "dsc_paper"} <= set(report["pairs"][0])
+
+
+def write(array, path, spacing, direction=None, origin=None):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    if direction is not None:
+        image.SetDirection(direction)
+    if origin is not None:
+        image.SetOrigin(origin)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_register_2d_outputs_keep_fixed_geometry_and_labels(run_dir, tmp_path):
+    pair = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
+    geometry = dict(spacing=(1.2, 0.8), direction=(0.0, 1.0, -1.0, 0.0), origin=(5.0, -3.0))
+    paths = {name: write(getattr(pair, name), tmp_path / f"{name}.nii.gz", **geometry)
+             for name in ("fixed", "moving", "moving_mask", "fixed_mask")}
+    out = tmp_path / "out"
+    assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(paths["fixed"]),
+                 "--moving", str(paths["moving"]), "--moving-mask", str(paths["moving_mask"]),
+                 "--fixed-mask", str(paths["fixed_mask"]), "--out", str(out)]) == 0
+    fixed = sitk.ReadImage(str(paths["fixed"]))
+    warped, mask = sitk.ReadImage(str(out / "warped.nii.gz")), sitk.ReadImage(str(out / "warped_mask.nii.gz"))
+    field = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    for image in (warped, mask, field):
+        assert image.GetSize() == fixed.GetSize()
+        assert np.allclose(image.GetSpacing(), fixed.GetSpacing()) and np.allclose(image.GetDirection(),
+                                                                                  fixed.GetDirection())
+    assert field.GetNumberOfComponentsPerPixel() == 2
+    labels = sitk.GetArrayFromImage(mask)
+    assert labels.dtype == pair.moving_mask.dtype and set(np.unique(labels)) <= {0, 1, 2}
+    report = json.loads((out / "report.json").read_text())
+    assert {"predict_s", "total_s", "folding_pct", "dice", "model_load_s"} <= set(report)
+    assert set(report["dice"]) == {"1", "2"}
+    # ITK applies our field to the moving image and gets our warped image (the file's convention).
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    itk_warped = sitk.Resample(sitk.ReadImage(str(paths["moving"])), fixed, transform, sitk.sitkLinear, 0.0)
+    inner = (slice(3, -3), slice(3, -3))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(itk_warped)[inner],
+                               sitk.GetArrayFromImage(warped)[inner], atol=1e-4)
+
+
+def test_register_3d_stack_with_a_2d_model_slice_by_slice(run_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    volume = rng.random((3, 32, 32)).astype(np.float32)
+    fixed = write(volume, tmp_path / "f.nii.gz", (1.0, 1.0, 5.0))
+    moving = write(np.roll(volume, 1, axis=2), tmp_path / "m.nii.gz", (1.0, 1.0, 5.0))
+    out = tmp_path / "out"
+    assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(fixed), "--moving", str(moving),
+                 "--out", str(out)]) == 0
+    field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "displacement.nii.gz")))
+    assert field.shape == (3, 32, 32, 3)
+    assert np.all(field[..., 2] == 0)  # no displacement across slices (z in ITK order is the last component)
+    assert not (out / "warped_mask.nii.gz").exists()
+
+
+def test_errors_exit_2_with_a_message(run_dir, tmp_path, capsys):
+    assert main(train_args(tmp_path / "x", extra=["--method", "magic"])) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(tmp_path / "nope.nii.gz"),
+                 "--moving", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "bad.nii.gz").write_bytes(b"not an image at all")
+    assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(tmp_path / "bad.nii.gz"),
+                 "--moving", str(tmp_path / "bad.nii.gz"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path), "--data", "synthetic", "--out", str(tmp_path / "r.json")]) == 2
+    assert "not a model artifact" in capsys.readouterr().err
