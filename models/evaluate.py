@@ -10,7 +10,7 @@ beside it as ``dsc_paper`` so our numbers can be set next to published ones.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -57,14 +57,25 @@ def summarize(pairs: list[dict], spacing_known: bool) -> dict:
     return summary
 
 
-def evaluate_disps(pairs: Sequence[PairSample], disps: Sequence[torch.Tensor], label: int = MYOCARDIUM) -> dict:
-    """Report for given fields (the identity row of a benchmark passes zeros)."""
-    rows = [pair_metrics(p, d, label) for p, d in zip(pairs, disps)]
+Progress = Callable[[Iterable, int], Iterable]
+
+
+def evaluate_disps(pairs: Sequence[PairSample], disps: Sequence[torch.Tensor], label: int = MYOCARDIUM,
+                   progress: Progress | None = None) -> dict:
+    """Report for given fields (the identity row of a benchmark passes zeros).
+
+    ``progress(iterable, total)`` may wrap the per-pair loop (the CLI passes a progress bar).
+    """
+    items: Iterable = zip(pairs, disps)
+    if progress is not None:
+        items = progress(items, len(pairs))
+    rows = [pair_metrics(p, d, label) for p, d in items]
     spacing_known = all(p.spacing_mm is not None for p in pairs)
     return {"summary": summarize(rows, spacing_known), "pairs": rows}
 
 
-def evaluate_model(model, pairs: Sequence[PairSample], label: int = MYOCARDIUM, batch_size: int = 16) -> dict:
+def evaluate_model(model, pairs: Sequence[PairSample], label: int = MYOCARDIUM, batch_size: int = 16,
+                   progress: Progress | None = None) -> dict:
     """Predict every pair with a :class:`models.artifact.LoadedModel` and score it.
 
     Pairs are grouped by grid shape so that each group is batched; the inference time per pair
@@ -83,6 +94,6 @@ def evaluate_model(model, pairs: Sequence[PairSample], label: int = MYOCARDIUM, 
         forward_s += time.perf_counter() - start
         for i, d in zip(indices, out):
             disps[i] = d
-    report = evaluate_disps(pairs, disps, label)
+    report = evaluate_disps(pairs, disps, label, progress)
     report["summary"]["inference_ms_per_pair"] = 1000.0 * forward_s / max(len(pairs), 1)
     return report

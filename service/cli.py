@@ -155,13 +155,16 @@ class _ProgressBar:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from models.artifact import load_artifact, write_json_atomic
     from models.data.spec import describe_spec, load_pairs
     from models.evaluate import evaluate_model
 
     model = load_artifact(args.model, device=_device(args.device))
     pairs = load_pairs(args.data)
-    report = evaluate_model(model, pairs)
+    report = evaluate_model(model, pairs, progress=lambda items, total: tqdm(items, total=total, unit="pair",
+                                                                           desc="evaluating"))
     report["model"] = str(args.model)
     report["data"] = describe_spec(args.data)
     write_json_atomic(args.out, report)
@@ -225,6 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = "synthetic:dims=2,size=64,n=64,seed=0"
     rc = main(["train", "--data", spec, "--method", "adacs", "--epochs", str(args.epochs), "--warmup-epochs", "2",
                "--steps-per-epoch", "10", "--batch-size", "8", "--enc", "16,32,32", "--dec", "32,32,32,16",
+               "--lr", "1e-3",  # a demo budget of 80 updates: 1e-4 (the SPEC's) would barely move
                "--out", str(args.out / "run")])
     if rc:
         return rc
