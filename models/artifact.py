@@ -47,6 +47,7 @@ class LoadedModel:
     intensity: IntensityConfig
     train_shape: tuple[int, ...] | None
     card: dict
+    train_spacing_mm: tuple[float, ...] | None = None
 
     @property
     def ndim(self) -> int:
@@ -54,8 +55,13 @@ class LoadedModel:
 
 
 def save_artifact(directory: str | Path, estimator: DisplacementEstimator, config: EstimatorConfig,
-                  intensity: IntensityConfig, card: dict, train_shape: tuple[int, ...] | None = None) -> Path:
-    """Write the three files into ``directory`` (created; existing files are replaced atomically)."""
+                  intensity: IntensityConfig, card: dict, train_shape: tuple[int, ...] | None = None,
+                  train_spacing_mm: tuple[float, ...] | None = None) -> Path:
+    """Write the three files into ``directory`` (created; existing files are replaced atomically).
+
+    ``train_shape`` and ``train_spacing_mm`` (array axis order; None when the data had no spacing)
+    describe the crops the model was trained on, so inference can show it the same field of view.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in estimator.state_dict().items()}
@@ -68,6 +74,7 @@ def save_artifact(directory: str | Path, estimator: DisplacementEstimator, confi
         "estimator": config.to_dict(),
         "intensity": intensity.to_dict(),
         "train_shape": list(train_shape) if train_shape else None,
+        "train_spacing_mm": list(train_spacing_mm) if train_spacing_mm else None,
     })
     write_json_atomic(directory / CARD, card)
     return directory
@@ -89,4 +96,5 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     card_path = directory / CARD
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     shape = tuple(meta["train_shape"]) if meta.get("train_shape") else None
-    return LoadedModel(estimator, config, IntensityConfig(**meta["intensity"]), shape, card)
+    spacing = tuple(meta["train_spacing_mm"]) if meta.get("train_spacing_mm") else None
+    return LoadedModel(estimator, config, IntensityConfig(**meta["intensity"]), shape, card, spacing)

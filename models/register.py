@@ -1,9 +1,12 @@
-"""Register one image pair with a trained model and return outputs on the fixed image's grid.
+"""Register one image pair with a trained model; every output lives on the fixed image's grid.
 
-The pair is first brought onto the fixed grid (the moving image resampled through physical space
-when its grid differs), the model predicts a voxel displacement there, and the displacement is
-written in physical millimetres in ITK's convention (``models.io.images.displacement_image``).
-A 2D model applied to a 3D image registers it slice by slice along the first array axis, in batches.
+1. The moving image and mask are resampled onto the fixed grid through physical space (they may
+   differ in size, spacing and orientation); a 2D model applied to a 3D image works slice by slice.
+2. ``models.model_grid`` cuts the model's window around the moving mask's centroid (else the
+   image centre), resizes it to the model's input and normalises intensities with the model's own
+   function; the estimator predicts; the field goes back to native voxels.
+3. The moving image is warped linearly and the masks nearest-neighbour (labels and dtype kept);
+   the caller writes the field in millimetres with ``models.io.images.displacement_image``.
 """
 
 from __future__ import annotations
@@ -12,21 +15,23 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from models.artifact import LoadedModel
+from models.data.crop import mask_centroid
+from models.geometry import resample_to
 from models.intensity import normalize_intensity
-from models.io.images import to_array
+from models.io.image import Image
 from models.metrics import dice, folding_percent
+from models.model_grid import field_to_native, plan_model_grid, to_model_grid
 from models.warp import warp
 
-__all__ = ["RegistrationResult", "register_images", "same_grid"]
+__all__ = ["RegistrationResult", "register_images"]
 
 
 @dataclass
 class RegistrationResult:
-    """Arrays in reversed ITK axis order on the fixed grid; ``disp_vox`` is ``(ndim, *shape)``."""
+    """Outputs on the fixed grid (NumPy axis order); ``disp_vox`` is ``(ndim, *shape)`` in voxels."""
 
     disp_vox: np.ndarray
     warped: np.ndarray
@@ -34,46 +39,41 @@ class RegistrationResult:
     report: dict = field(default_factory=dict)
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+def _center(moving_mask: np.ndarray | None, slicewise: bool) -> tuple[float, ...] | None:
+    """Centroid of the moving mask's foreground (in-plane only when registering slice by slice)."""
+    if moving_mask is None or not np.any(moving_mask):
+        return None
+    centroid = mask_centroid((moving_mask != 0).astype(np.uint8), 1)
+    return centroid[1:] if slicewise else centroid
 
 
-def _on_grid(image: sitk.Image | None, reference: sitk.Image, labels: bool) -> sitk.Image | None:
-    """Resample ``image`` onto ``reference`` through physical space (identity transform)."""
-    if image is None or same_grid(image, reference):
-        return image
-    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
-
-
-def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, batch_size: int) -> np.ndarray:
-    """Voxel displacement ``(fixed.ndim, *fixed.shape)``; slice-wise for a 2D model on a 3D image."""
-    if model.ndim == fixed.ndim:
-        fixed_b, moving_b = fixed[None], moving[None]
-    elif model.ndim == 2 and fixed.ndim == 3:
-        fixed_b, moving_b = fixed, moving
-    else:
+def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_mm: tuple[float, ...],
+             center: tuple[float, ...] | None, batch_size: int) -> np.ndarray:
+    """Voxel displacement ``(fixed.ndim, *fixed.shape)`` on the native grid."""
+    slicewise = model.ndim == 2 and fixed.ndim == 3
+    if model.ndim != fixed.ndim and not slicewise:
         raise ValueError(f"a {model.ndim}-D model cannot register {fixed.ndim}-D images")
+    planes_f, planes_m = (fixed, moving) if slicewise else (fixed[None], moving[None])
+    plane_spacing = spacing_mm[1:] if slicewise else spacing_mm
+    grid = plan_model_grid(planes_f.shape[1:], plane_spacing, model.train_shape, model.train_spacing_mm, center)
     levels = len(model.config.enc)
-    if min(fixed_b.shape[1:]) < 2**levels:
-        raise ValueError(f"image grid {fixed_b.shape[1:]} is too small for this model: every in-plane side must "
-                         f"be at least {2**levels} voxels")
-    norm = model.intensity
-    f = torch.from_numpy(np.stack([normalize_intensity(x, norm) for x in fixed_b]))[:, None]
-    m = torch.from_numpy(np.stack([normalize_intensity(x, norm) for x in moving_b]))[:, None]
+    if min(grid.model_shape) < 2**levels:
+        raise ValueError(f"grid {grid.model_shape} is too small for this model: every side must be at least "
+                         f"{2**levels} voxels")
+    norm = lambda t: torch.stack([torch.from_numpy(normalize_intensity(x.numpy(), model.intensity))  # noqa: E731
+                                  for x in t])
+    f_model, m_model = norm(to_model_grid(planes_f, grid)), norm(to_model_grid(planes_m, grid))
     device = next(model.estimator.parameters()).device
     chunks = []
     with torch.no_grad():
-        for start in range(0, f.shape[0], batch_size):
-            out = model.estimator(m[start:start + batch_size].to(device), f[start:start + batch_size].to(device))
+        for start in range(0, f_model.shape[0], batch_size):
+            out = model.estimator(m_model[start:start + batch_size].to(device),
+                                  f_model[start:start + batch_size].to(device))
             chunks.append(out.disp.cpu())
-    disp = torch.cat(chunks).numpy()  # (N, model.ndim, *plane)
-    if model.ndim == fixed.ndim:
+    disp = field_to_native(torch.cat(chunks), grid, planes_f.shape[1:])  # (N, model.ndim, *plane)
+    if not slicewise:
         return disp[0]
-    # Slice-wise: no displacement across slices (channel 0 = the slice axis), slices stacked back.
+    # Slice-wise: no displacement across slices (channel 0 = the slice axis); slices stacked back.
     return np.concatenate([np.zeros_like(disp[:, :1]), disp], axis=1).transpose(1, 0, 2, 3)
 
 
@@ -83,30 +83,31 @@ def _warp_array(array: np.ndarray, disp_vox: np.ndarray, mode: str) -> np.ndarra
     return out[0, 0].numpy()
 
 
-def register_images(model: LoadedModel, fixed: sitk.Image, moving: sitk.Image,
-                    moving_mask: sitk.Image | None = None, fixed_mask: sitk.Image | None = None,
-                    batch_size: int = 16) -> RegistrationResult:
+def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask: Image | None = None,
+                    fixed_mask: Image | None = None, batch_size: int = 16) -> RegistrationResult:
     """Predict the field, warp the moving image (linear) and mask (nearest, labels kept)."""
-    if fixed.GetDimension() != moving.GetDimension():
-        raise ValueError(f"fixed is {fixed.GetDimension()}-D but moving is {moving.GetDimension()}-D")
+    if fixed.ndim != moving.ndim:
+        raise ValueError(f"fixed is {fixed.ndim}-D but moving is {moving.ndim}-D")
     start = time.perf_counter()
-    moving = _on_grid(moving, fixed, labels=False)
-    moving_mask = _on_grid(moving_mask, fixed, labels=True)
-    fixed_mask = _on_grid(fixed_mask, fixed, labels=True)
-    fixed_arr = to_array(fixed).astype(np.float32)
-    moving_arr = to_array(moving).astype(np.float32)
+    moving = resample_to(moving, fixed)
+    moving_mask = resample_to(moving_mask, fixed) if moving_mask is not None else None
+    fixed_mask = resample_to(fixed_mask, fixed) if fixed_mask is not None else None
+    fixed_arr, moving_arr = fixed.array.astype(np.float32), moving.array.astype(np.float32)
+    spacing = tuple(reversed(fixed.geometry.spacing))  # ITK (x, y, z) -> array order (z, y, x)
+    slicewise = model.ndim == 2 and fixed.ndim == 3
+    center = _center(moving_mask.array if moving_mask is not None else None, slicewise)
     t_predict = time.perf_counter()
-    disp = _predict(model, fixed_arr, moving_arr, batch_size)
+    disp = _predict(model, fixed_arr, moving_arr, spacing, center, batch_size)
     predict_s = time.perf_counter() - t_predict
     warped = _warp_array(moving_arr, disp, "linear")
-    warped_mask = None
     report: dict = {"predict_s": round(predict_s, 4), "grid": list(fixed_arr.shape),
-                    "folding_pct": _folding(disp, model.ndim)}
+                    "folding_pct": _folding(disp, slicewise)}
+    warped_mask = None
     if moving_mask is not None:
-        labels = to_array(moving_mask)
+        labels = moving_mask.array
         warped_mask = np.rint(_warp_array(labels, disp, "nearest")).astype(labels.dtype)
         if fixed_mask is not None:
-            target = to_array(fixed_mask)
+            target = fixed_mask.array
             present = [lab for lab in np.union1d(np.unique(labels), np.unique(target)) if lab != 0]
             report["dice"] = {str(int(lab)): dice(warped_mask == lab, target == lab) for lab in present}
             # The same score without registration: what the field has gained.
@@ -115,7 +116,7 @@ def register_images(model: LoadedModel, fixed: sitk.Image, moving: sitk.Image,
     return RegistrationResult(disp_vox=disp, warped=warped, warped_mask=warped_mask, report=report)
 
 
-def _folding(disp: np.ndarray, model_ndim: int) -> float:
-    if model_ndim == disp.shape[0]:
+def _folding(disp: np.ndarray, slicewise: bool) -> float:
+    if not slicewise:
         return folding_percent(disp)
     return float(np.mean([folding_percent(disp[1:, z]) for z in range(disp.shape[1])]))

@@ -51,6 +51,7 @@ class TrainConfig:
     batch_size: int = 8
     micro_batch_size: int = 4
     lr: float = 1e-4
+    scoring_lr: float | None = None  # None: the same as lr (the SPEC's 1e-4 for both networks)
     lam: float = 0.01
     alpha: float = 0.02
     beta: float = 1.5
@@ -239,7 +240,7 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
     scorer = ScoringNet(cfg.estimator.ndim, cfg.estimator.enc, cfg.estimator.dec).to(device) \
         if method.uses_scoring else None
     opt_de = torch.optim.Adam(estimator.parameters(), lr=cfg.lr)
-    opt_se = torch.optim.Adam(scorer.parameters(), lr=cfg.lr) if scorer is not None else None
+    opt_se = torch.optim.Adam(scorer.parameters(), lr=cfg.scoring_lr or cfg.lr) if scorer is not None else None
     sampler = torch.Generator().manual_seed(cfg.seed)
     start_epoch, global_step, m_t, history = 0, 0, 0.0, []
 
@@ -312,8 +313,15 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
 
     card = _model_card(cfg, method, history, data_description, train_pairs, time.perf_counter() - wall_start)
     save_artifact(out_dir / "model", estimator.cpu(), cfg.estimator, cfg.intensity, card,
-                  train_shape=tuple(moving_all.shape[2:]))
+                  train_shape=tuple(moving_all.shape[2:]), train_spacing_mm=_typical_spacing(train_pairs))
     return TrainResult(estimator=estimator, history=history, out_dir=out_dir)
+
+
+def _typical_spacing(pairs: Sequence[PairSample]) -> tuple[float, ...] | None:
+    """Median pixel spacing of the training pairs (array order), or None if any pair has none."""
+    if not pairs or any(p.spacing_mm is None for p in pairs):
+        return None
+    return tuple(float(v) for v in np.median(np.array([p.spacing_mm for p in pairs]), axis=0))
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:

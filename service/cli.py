@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=8, help="pairs per optimiser update")
     t.add_argument("--micro-batch-size", type=int, default=None,
                    help="pairs per forward pass; gradients accumulate to --batch-size (default min(4, B))")
-    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the displacement estimator")
+    t.add_argument("--scoring-lr", type=float, default=None, help="learning rate of the scoring network "
+                                                                   "(default: --lr)")
     t.add_argument("--lam", type=float, default=0.01, help="smoothness weight λ")
     t.add_argument("--alpha", type=float, default=0.02, help="scoring regulariser weight α")
     t.add_argument("--beta", type=float, default=1.5, help="TV momentum scale β")
@@ -106,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     micro = args.micro_batch_size or min(4, args.batch_size)
     cfg = TrainConfig(method=args.method, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                       steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, micro_batch_size=micro,
-                      lr=args.lr, lam=args.lam, alpha=args.alpha, beta=args.beta, kappa=args.kappa,
+                      lr=args.lr, scoring_lr=args.scoring_lr, lam=args.lam, alpha=args.alpha, beta=args.beta,
+                      kappa=args.kappa,
                       bidir=not args.no_bidir, seed=args.seed, picture_every=args.picture_every,
                       device=_device(args.device),
                       estimator=EstimatorConfig(arch=args.arch, enc=args.enc, dec=args.dec, int_steps=args.int_steps))
@@ -176,16 +179,18 @@ def cmd_register(args: argparse.Namespace) -> int:
     import time
 
     from models.artifact import load_artifact, write_json_atomic
+    from models.io.image import LABEL, SCALAR, Image
     from models.io.images import read_image
     from models.register import register_images
+
+    def read(path: Path | None, kind: str) -> Image | None:
+        return None if path is None else Image.from_sitk(read_image(path), kind, str(path))
 
     start = time.perf_counter()
     model = load_artifact(args.model, device=_device(args.device))
     load_s = time.perf_counter() - start
-    fixed, moving = read_image(args.fixed), read_image(args.moving)
-    moving_mask = read_image(args.moving_mask) if args.moving_mask else None
-    fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
-    result = register_images(model, fixed, moving, moving_mask, fixed_mask)
+    fixed, moving = read(args.fixed, SCALAR), read(args.moving, SCALAR)
+    result = register_images(model, fixed, moving, read(args.moving_mask, LABEL), read(args.fixed_mask, LABEL))
     _write_outputs(args.out, result, fixed)
     result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
                           "wall_s": round(time.perf_counter() - start, 4),
@@ -196,19 +201,15 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(out: Path, result, fixed) -> None:
-    import SimpleITK as sitk
-
+    """Write the field (mm, ITK convention), the warped image and the warped mask on the fixed grid."""
     from models.io.images import displacement_image, write_image
 
     out.mkdir(parents=True, exist_ok=True)
-    write_image(displacement_image(result.disp_vox, fixed), out / "displacement.nii.gz")
-    warped = sitk.GetImageFromArray(result.warped)
-    warped.CopyInformation(fixed)
-    write_image(warped, out / "warped.nii.gz")
+    reference = fixed.to_sitk()
+    write_image(displacement_image(result.disp_vox, reference), out / "displacement.nii.gz")
+    write_image(fixed.with_array(result.warped).to_sitk(), out / "warped.nii.gz")
     if result.warped_mask is not None:
-        mask = sitk.GetImageFromArray(result.warped_mask)
-        mask.CopyInformation(fixed)
-        write_image(mask, out / "warped_mask.nii.gz")
+        write_image(fixed.with_array(result.warped_mask).to_sitk(), out / "warped_mask.nii.gz")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["crop_or_pad", "mask_centroid"]
+__all__ = ["crop_or_pad", "mask_centroid", "paste_window", "window_slices"]
 
 
 def _round_half_up(value: float) -> int:
@@ -18,37 +18,59 @@ def _round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5))
 
 
-def crop_or_pad(array: np.ndarray, center: Sequence[float], size: Sequence[int]) -> np.ndarray:
-    """The window of shape ``size`` centred on ``center``, zero-padded where it leaves ``array``.
+def window_slices(center: Sequence[float], size: Sequence[int],
+                  shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Where a window of ``size`` centred on ``center`` overlaps an array of ``shape``.
 
-    ``center`` is rounded (halves upwards) to the index ``c`` per axis; the window then covers indices
+    ``center`` is rounded (halves upwards) to the index ``c`` per axis; the window covers indices
     ``c - size // 2`` to ``c - size // 2 + size - 1``, so the centre lands at index ``size // 2`` of
-    the result (for odd and even sizes alike). Parts of the window outside ``array`` are filled with
-    zeros. The result is a new array with the dtype of ``array``.
+    the window. Returns ``(array_slices, window_slices)`` of the overlap, or None when there is none.
+    Cropping (:func:`crop_or_pad`) and pasting back (:func:`paste_window`) both use it, so they are
+    exact inverses on the overlap.
     """
-    arr = np.asarray(array)
-    if len(center) != arr.ndim or len(size) != arr.ndim:
+    if len(center) != len(shape) or len(size) != len(shape):
         raise ValueError(
             f"crop_or_pad: center {tuple(center)} and size {tuple(size)} must both have one entry per axis "
-            f"of the array (ndim {arr.ndim})"
+            f"of the array (ndim {len(shape)})"
         )
-    sizes = tuple(int(s) for s in size)
-    if any(s <= 0 for s in sizes):
+    if any(int(s) <= 0 for s in size):
         raise ValueError(f"crop_or_pad: size must be positive, got {tuple(size)}")
     if not all(math.isfinite(float(c)) for c in center):
         raise ValueError(f"crop_or_pad: center must be finite, got {tuple(center)}")
-
-    out = np.zeros(sizes, dtype=arr.dtype)
     src: list[slice] = []
     dst: list[slice] = []
-    for c, s, n in zip(center, sizes, arr.shape, strict=True):
-        start = _round_half_up(float(c)) - s // 2
-        lo, hi = max(start, 0), min(start + s, n)
-        if hi <= lo:  # the window misses the array along this axis: all padding
-            return out
+    for c, s, n in zip(center, size, shape, strict=True):
+        start = _round_half_up(float(c)) - int(s) // 2
+        lo, hi = max(start, 0), min(start + int(s), n)
+        if hi <= lo:  # the window misses the array along this axis
+            return None
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    out[tuple(dst)] = arr[tuple(src)]
+    return tuple(src), tuple(dst)
+
+
+def crop_or_pad(array: np.ndarray, center: Sequence[float], size: Sequence[int]) -> np.ndarray:
+    """The window of shape ``size`` centred on ``center`` (see :func:`window_slices`), zero-padded
+    where it leaves ``array``. The result is a new array with the dtype of ``array``."""
+    arr = np.asarray(array)
+    overlap = window_slices(center, size, arr.shape)
+    out = np.zeros(tuple(int(s) for s in size), dtype=arr.dtype)
+    if overlap is not None:
+        out[overlap[1]] = arr[overlap[0]]
+    return out
+
+
+def paste_window(window: np.ndarray, center: Sequence[float], shape: Sequence[int],
+                 leading: int = 0) -> np.ndarray:
+    """The inverse of :func:`crop_or_pad`: a zero array of ``shape`` holding ``window`` where it was cut.
+
+    The first ``leading`` axes (channels, say) are copied whole; the window sits on the others.
+    """
+    out = np.zeros(tuple(shape), dtype=window.dtype)
+    overlap = window_slices(center, window.shape[leading:], tuple(shape)[leading:])
+    if overlap is not None:
+        whole = (slice(None),) * leading
+        out[whole + overlap[0]] = window[whole + overlap[1]]
     return out
 
 

@@ -1,0 +1,67 @@
+"""From a pair on the fixed image's grid to the model's input grid, and the field back again.
+
+A model was trained on windows of ``model_shape`` voxels (128×128 crops for ACDC), at a known pixel
+spacing or not. At inference we cut a window around the region of interest (the moving mask's
+centroid when a mask is given, else the image centre) that covers the same physical field of view
+as the training crops when both spacings are known (else the same number of voxels), resize it to
+``model_shape``, predict, and map the field back: resize to the window (values rescaled to native
+voxels) and paste it into a zero field on the native grid. Outside the window the field is the
+identity. Arrays are in NumPy (reversed ITK) axis order throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.data.crop import crop_or_pad, paste_window
+from models.integrate import resize_field
+
+__all__ = ["ModelGrid", "plan_model_grid", "to_model_grid", "field_to_native"]
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """A window of ``window`` native voxels centred on ``center``, seen by the model as ``model_shape``."""
+
+    center: tuple[float, ...]
+    window: tuple[int, ...]
+    model_shape: tuple[int, ...]
+
+
+def plan_model_grid(shape: Sequence[int], spacing_mm: Sequence[float] | None, model_shape: Sequence[int] | None,
+                    model_spacing_mm: Sequence[float] | None, center: Sequence[float] | None) -> ModelGrid:
+    """Choose the window for an image of ``shape``; ``model_shape=None`` means the whole native grid."""
+    shape = tuple(int(s) for s in shape)
+    if center is None:
+        center = tuple((s - 1) / 2 for s in shape)
+    if model_shape is None:
+        return ModelGrid(tuple((s - 1) / 2 for s in shape), shape, shape)
+    model_shape = tuple(int(s) for s in model_shape)
+    if len(model_shape) != len(shape):
+        raise ValueError(f"the model's grid {model_shape} and the image's {shape} differ in dimension")
+    if spacing_mm is None or model_spacing_mm is None:
+        window = model_shape
+    else:
+        window = tuple(max(2, round(m * ms / s)) for m, ms, s in zip(model_shape, model_spacing_mm, spacing_mm))
+    return ModelGrid(tuple(float(c) for c in center), window, model_shape)
+
+
+def to_model_grid(arrays: np.ndarray, grid: ModelGrid) -> torch.Tensor:
+    """``(N, *native)`` -> ``(N, 1, *model_shape)`` float32: crop/pad to the window, then resize (linear)."""
+    windows = np.stack([crop_or_pad(a, grid.center, grid.window) for a in arrays]).astype(np.float32)
+    out = torch.from_numpy(windows)[:, None]
+    if grid.window != grid.model_shape:
+        mode = "bilinear" if len(grid.window) == 2 else "trilinear"
+        out = F.interpolate(out, size=grid.model_shape, mode=mode, align_corners=True)
+    return out
+
+
+def field_to_native(disp: torch.Tensor, grid: ModelGrid, native_shape: Sequence[int]) -> np.ndarray:
+    """``(N, ndim, *model_shape)`` voxels of the model grid -> ``(N, ndim, *native)`` native voxels."""
+    window = resize_field(disp, grid.window).cpu().numpy()
+    return np.stack([paste_window(w, grid.center, (w.shape[0], *native_shape), leading=1) for w in window])
