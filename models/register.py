@@ -5,8 +5,9 @@
 2. ``models.model_grid`` cuts the model's window around the moving mask's centroid (else the
    image centre), resizes it to the model's input and normalises intensities with the model's own
    function; the estimator predicts; the field goes back to native voxels.
-3. The moving image is warped linearly and the masks nearest-neighbour (labels and dtype kept);
-   the caller writes the field in millimetres with ``models.io.images.displacement_image``.
+3. The field is expressed in millimetres in ITK's convention, and the moving image (linear) and
+   mask (nearest, labels and dtype kept) are warped *through that field* on their own grids, by
+   ITK: exactly what any ITK-based tool does with our displacement file.
 """
 
 from __future__ import annotations
@@ -15,27 +16,30 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from models.artifact import LoadedModel
 from models.data.crop import mask_centroid
-from models.geometry import resample_to
+from models.geometry import resample_to, warp_physical
 from models.intensity import normalize_intensity
 from models.io.image import Image
+from models.io.images import displacement_image
 from models.metrics import dice, folding_percent
 from models.model_grid import field_to_native, plan_model_grid, to_model_grid
-from models.warp import warp
 
 __all__ = ["RegistrationResult", "register_images"]
 
 
 @dataclass
 class RegistrationResult:
-    """Outputs on the fixed grid (NumPy axis order); ``disp_vox`` is ``(ndim, *shape)`` in voxels."""
+    """Outputs on the fixed grid: the field in voxels ``(ndim, *shape)`` (NumPy axis order) and in
+    millimetres (an ITK displacement field image), the warped image and the warped mask."""
 
     disp_vox: np.ndarray
-    warped: np.ndarray
-    warped_mask: np.ndarray | None
+    field_mm: sitk.Image
+    warped: Image
+    warped_mask: Image | None
     report: dict = field(default_factory=dict)
 
 
@@ -77,43 +81,36 @@ def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_
     return np.concatenate([np.zeros_like(disp[:, :1]), disp], axis=1).transpose(1, 0, 2, 3)
 
 
-def _warp_array(array: np.ndarray, disp_vox: np.ndarray, mode: str) -> np.ndarray:
-    source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    out = warp(source, torch.from_numpy(np.ascontiguousarray(disp_vox, dtype=np.float32))[None], mode=mode)
-    return out[0, 0].numpy()
-
-
 def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask: Image | None = None,
                     fixed_mask: Image | None = None, batch_size: int = 16) -> RegistrationResult:
     """Predict the field, warp the moving image (linear) and mask (nearest, labels kept)."""
     if fixed.ndim != moving.ndim:
         raise ValueError(f"fixed is {fixed.ndim}-D but moving is {moving.ndim}-D")
     start = time.perf_counter()
-    moving = resample_to(moving, fixed)
-    moving_mask = resample_to(moving_mask, fixed) if moving_mask is not None else None
-    fixed_mask = resample_to(fixed_mask, fixed) if fixed_mask is not None else None
-    fixed_arr, moving_arr = fixed.array.astype(np.float32), moving.array.astype(np.float32)
+    on_fixed = resample_to(moving, fixed)  # the network's input only; outputs sample `moving` itself
+    mask_on_fixed = resample_to(moving_mask, fixed) if moving_mask is not None else None
+    fixed_arr, moving_arr = fixed.array.astype(np.float32), on_fixed.array.astype(np.float32)
     spacing = tuple(reversed(fixed.geometry.spacing))  # ITK (x, y, z) -> array order (z, y, x)
     slicewise = model.ndim == 2 and fixed.ndim == 3
-    center = _center(moving_mask.array if moving_mask is not None else None, slicewise)
+    center = _center(mask_on_fixed.array if mask_on_fixed is not None else None, slicewise)
     t_predict = time.perf_counter()
     disp = _predict(model, fixed_arr, moving_arr, spacing, center, batch_size)
     predict_s = time.perf_counter() - t_predict
-    warped = _warp_array(moving_arr, disp, "linear")
+    field_mm = displacement_image(disp, fixed.to_sitk())
+    warped = warp_physical(moving, field_mm, fixed)
     report: dict = {"predict_s": round(predict_s, 4), "grid": list(fixed_arr.shape),
                     "folding_pct": _folding(disp, slicewise)}
     warped_mask = None
     if moving_mask is not None:
-        labels = moving_mask.array
-        warped_mask = np.rint(_warp_array(labels, disp, "nearest")).astype(labels.dtype)
+        warped_mask = warp_physical(moving_mask, field_mm, fixed)
         if fixed_mask is not None:
-            target = fixed_mask.array
+            labels, target, out = mask_on_fixed.array, resample_to(fixed_mask, fixed).array, warped_mask.array
             present = [lab for lab in np.union1d(np.unique(labels), np.unique(target)) if lab != 0]
-            report["dice"] = {str(int(lab)): dice(warped_mask == lab, target == lab) for lab in present}
+            report["dice"] = {str(int(lab)): dice(out == lab, target == lab) for lab in present}
             # The same score without registration: what the field has gained.
             report["dice_before"] = {str(int(lab)): dice(labels == lab, target == lab) for lab in present}
     report["total_s"] = round(time.perf_counter() - start, 4)
-    return RegistrationResult(disp_vox=disp, warped=warped, warped_mask=warped_mask, report=report)
+    return RegistrationResult(disp, field_mm, warped, warped_mask, report)
 
 
 def _folding(disp: np.ndarray, slicewise: bool) -> float:

@@ -191,7 +191,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - start
     fixed, moving = read(args.fixed, SCALAR), read(args.moving, SCALAR)
     result = register_images(model, fixed, moving, read(args.moving_mask, LABEL), read(args.fixed_mask, LABEL))
-    _write_outputs(args.out, result, fixed)
+    _write_outputs(args.out, result)
     result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
                           "wall_s": round(time.perf_counter() - start, 4),
                           "displacement_units": "mm, ITK LPS physical space, fixed point p -> p + u(p)"})
@@ -200,16 +200,15 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_outputs(out: Path, result, fixed) -> None:
+def _write_outputs(out: Path, result) -> None:
     """Write the field (mm, ITK convention), the warped image and the warped mask on the fixed grid."""
-    from models.io.images import displacement_image, write_image
+    from models.io.images import write_image
 
     out.mkdir(parents=True, exist_ok=True)
-    reference = fixed.to_sitk()
-    write_image(displacement_image(result.disp_vox, reference), out / "displacement.nii.gz")
-    write_image(fixed.with_array(result.warped).to_sitk(), out / "warped.nii.gz")
+    write_image(result.field_mm, out / "displacement.nii.gz")
+    write_image(result.warped.to_sitk(), out / "warped.nii.gz")
     if result.warped_mask is not None:
-        write_image(fixed.with_array(result.warped_mask).to_sitk(), out / "warped_mask.nii.gz")
+        write_image(result.warped_mask.to_sitk(), out / "warped_mask.nii.gz")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
