@@ -177,3 +177,12 @@ def test_training_beats_identity_on_phantoms(tmp_path):
         val_pairs[0].moving_mask.tolist()
     assert history[-1]["val_dice"] > identity + 10, (identity, [h["val_dice"] for h in history])
     assert history[-1]["val_folding_pct"] < 1.0
+
+
+def test_adacs_trains_in_3d(tmp_path):
+    pairs = make_phantom_dataset(PhantomConfig(dims=3, size=24, n=4, seed=0))
+    result = train(tiny_config(steps_per_epoch=1), pairs, tmp_path, val_pairs=pairs[:2])
+    assert [h["phase"] for h in result.history][-1] == PHASE_ALTERNATING
+    assert result.estimator.flow.weight.shape[:2] == (3, 8)  # a 3-channel field from 3D convolutions
+    assert 0.0 <= result.history[-1]["val_dice"] <= 100.0
+    assert (tmp_path / "model" / "model.safetensors").is_file()
