@@ -24,7 +24,7 @@ from models.data.crop import mask_centroid
 from models.geometry import resample_to, warp_physical
 from models.intensity import normalize_intensity
 from models.io.image import Image
-from models.io.images import displacement_image
+from models.io.writers import displacement_image
 from models.metrics import dice, folding_percent
 from models.model_grid import field_to_native, plan_model_grid, to_model_grid
 

@@ -180,17 +180,22 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     from models.artifact import load_artifact, write_json_atomic
     from models.io.image import LABEL, SCALAR, Image
-    from models.io.images import read_image
+    from models.io.readers import check_mask, check_pair, read_image
     from models.register import register_images
 
     def read(path: Path | None, kind: str) -> Image | None:
-        return None if path is None else Image.from_sitk(read_image(path), kind, str(path))
+        return None if path is None else read_image(path, kind=kind)
 
     start = time.perf_counter()
     model = load_artifact(args.model, device=_device(args.device))
     load_s = time.perf_counter() - start
     fixed, moving = read(args.fixed, SCALAR), read(args.moving, SCALAR)
-    result = register_images(model, fixed, moving, read(args.moving_mask, LABEL), read(args.fixed_mask, LABEL))
+    moving_mask, fixed_mask = read(args.moving_mask, LABEL), read(args.fixed_mask, LABEL)
+    check_pair(fixed, moving)
+    for mask, image in ((moving_mask, moving), (fixed_mask, fixed)):
+        if mask is not None:
+            check_mask(mask, image)
+    result = register_images(model, fixed, moving, moving_mask, fixed_mask)
     _write_outputs(args.out, result)
     result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
                           "wall_s": round(time.perf_counter() - start, 4),
@@ -202,7 +207,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def _write_outputs(out: Path, result) -> None:
     """Write the field (mm, ITK convention), the warped image and the warped mask on the fixed grid."""
-    from models.io.images import write_image
+    from models.io.writers import write_image
 
     out.mkdir(parents=True, exist_ok=True)
     write_image(result.field_mm, out / "displacement.nii.gz")

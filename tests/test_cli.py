@@ -119,6 +119,51 @@ def test_errors_exit_2_with_a_message(run_dir, tmp_path, capsys):
     (tmp_path / "bad.nii.gz").write_bytes(b"not an image at all")
     assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(tmp_path / "bad.nii.gz"),
                  "--moving", str(tmp_path / "bad.nii.gz"), "--out", str(tmp_path / "o")]) == 2
-    assert "not a readable image" in capsys.readouterr().err
+    assert "bad.nii.gz: is a text file, not" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path), "--data", "synthetic", "--out", str(tmp_path / "r.json")]) == 2
     assert "not a model artifact" in capsys.readouterr().err
+
+
+def write_dicom_series_zip(array: np.ndarray, spacing, path) -> None:
+    """A one-series DICOM zip, the way a PACS export looks (one file per slice)."""
+    import zipfile
+
+    folder = path.parent / "dicom"
+    folder.mkdir()
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing(spacing)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1.1"
+    for z in range(array.shape[0]):
+        slice_ = image[:, :, z]
+        for tag, value in (("0020|000e", uid), ("0008|0060", "MR"), ("0020|0013", str(z + 1)),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
+                           ("0018|0050", str(spacing[2]))):
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(slice_)
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, f"series/{file.name}")
+
+
+def test_register_accepts_a_dicom_series_zip(run_dir, tmp_path):
+    volume = (np.random.default_rng(1).random((3, 32, 32)) * 1000).astype(np.int16)
+    write_dicom_series_zip(volume, (1.0, 1.0, 4.0), tmp_path / "moving.zip")
+    fixed = write(volume.astype(np.float32), tmp_path / "fixed.nii.gz", (1.0, 1.0, 4.0))
+    out = tmp_path / "out"
+    assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(fixed),
+                 "--moving", str(tmp_path / "moving.zip"), "--out", str(out)]) == 0
+    warped = sitk.ReadImage(str(out / "warped.nii.gz"))
+    assert warped.GetSize() == (32, 32, 3)
+
+
+def test_register_refuses_a_mask_on_another_grid(run_dir, tmp_path, capsys):
+    image = write(np.random.default_rng(0).random((32, 32)).astype(np.float32), tmp_path / "i.nii.gz", (1.0, 1.0))
+    mask = write(np.ones((30, 32), np.uint8), tmp_path / "m.nii.gz", (1.0, 1.0))
+    assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(image), "--moving", str(image),
+                 "--moving-mask", str(mask), "--out", str(tmp_path / "o")]) == 2
+    assert "m.nii.gz: the mask grid" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing half-written

@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter
 
 from models.geometry import warp_physical
 from models.io.image import Geometry, Image
-from models.io.images import displacement_image
+from models.io.writers import displacement_image
 from models.warp import warp
 
 

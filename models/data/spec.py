@@ -1,6 +1,6 @@
 """The ``--data SPEC`` strings of the CLI: which registration pairs to load.
 
-A spec is ``KIND`` or ``KIND:REST``; the kinds supported so far:
+A spec is ``KIND`` or ``KIND:REST``; the kinds supported:
 
 ``synthetic`` / ``synthetic:key=value,key=value``
     The phantom of :mod:`models.data.synthetic`: the options are the fields of ``PhantomConfig``
@@ -14,6 +14,28 @@ A spec is ``KIND`` or ``KIND:REST``; the kinds supported so far:
     crop is centred on and that must be present in both frames (default 2, the myocardium). ``PATH``
     may itself contain ``:``: only trailing ``:``-pieces that are a known split or a known
     ``key=value`` option are taken off it, e.g. ``acdc-h5:C:/data/acdc:val``.
+
+``acdc:PATH`` / ``acdc:PATH[:SPLIT][:crop=N][:label=L]``
+    ACDC in its official NIfTI layout (``[training/|testing/]patientNNN/Info.cfg`` and
+    ``patientNNN_frameXX[_gt].nii.gz``), read by :func:`models.data.acdc_nifti.load_acdc_nifti` as 2D
+    slice pairs with ``spacing_mm``. ``SPLIT`` is ``train``, ``val``, ``test`` or ``all`` (default
+    ``all``; ``test`` is the official test set, ``val`` the last 20% of the other patients by
+    number); ``crop`` and ``label`` as for ``acdc-h5``. Example: ``acdc:/data/ACDC:val``.
+
+``camus:PATH`` / ``camus:PATH[:SPLIT][:view=2CH|4CH|both][:size=N]``
+    CAMUS echocardiography (original ``.mhd`` release or the newer ``database_nifti`` release), read
+    by :func:`models.data.camus.load_camus`: one ED -> ES pair per patient and view on an isotropic
+    ``N x N`` grid (default 128) covering the image. ``SPLIT`` as for ``acdc`` (the official
+    ``subgroup_*.txt`` lists decide when present); ``view`` defaults to ``both``.
+    Example: ``camus:/data/CAMUS_public:train:view=4CH``.
+
+``manifest:PATH.csv`` / ``manifest:PATH.csv:crop=N``
+    A CSV of ``fixed,moving[,fixed_mask,moving_mask][,id][,subject]`` paths in any readable format,
+    read by :func:`models.data.manifest.load_manifest`: each row one 2D or 3D pair on the fixed
+    image's grid; ``crop=N`` crops/pads to ``N`` per axis around the moving mask (default: no crop).
+
+For every kind with a ``PATH``, only trailing ``:``-pieces that are a known split or a known
+``key=value`` option are taken off it, so paths may contain ``:``.
 
 New kinds are added by writing a ``(load, describe)`` pair of functions of ``REST`` and registering it
 in ``_KINDS``.
@@ -169,9 +191,126 @@ def _describe_acdc_h5(rest: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# acdc (official NIfTI layout), camus, manifest: PATH followed by trailing options
+
+_Option = tuple[str, Any]
+
+
+def _count_option(kind: str, piece: str, value: str, *, minimum: int, none_ok: bool) -> Any:
+    """The integer of a ``key=value`` option (``none`` -> None where allowed), at least ``minimum``."""
+    if none_ok and value.lower() == "none":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"bad value in {kind} option {piece!r}: expected an integer") from None
+    if number < minimum:
+        raise ValueError(f"bad value in {kind} option {piece!r}: must be at least {minimum}")
+    return number
+
+
+def _path_and_options(
+    kind: str, rest: str, parse: Callable[[str], _Option | None], usage: str
+) -> tuple[str, dict[str, Any]]:
+    """Take recognised trailing ``:``-pieces off ``rest`` (each option once); the remainder is the path."""
+    pieces = rest.split(":")
+    options: dict[str, Any] = {}
+    while len(pieces) > 1:
+        option = parse(pieces[-1].strip())
+        if option is None or option[0] in options:
+            break
+        options[option[0]] = option[1]
+        pieces.pop()
+    path = ":".join(pieces)
+    if not path.strip():
+        raise ValueError(f"{kind} spec needs a path: {usage}")
+    return path, options
+
+
+_SPLITS_WITH_TEST = ("train", "val", "test", "all")
+
+
+def _acdc_nifti_option(piece: str) -> _Option | None:
+    if piece in _SPLITS_WITH_TEST:
+        return "split", piece
+    key, sep, value = piece.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or key not in ("crop", "label"):
+        return None
+    if key == "crop":
+        return key, _count_option("acdc", piece, value, minimum=1, none_ok=True)
+    return key, _count_option("acdc", piece, value, minimum=0, none_ok=False)
+
+
+def _acdc_nifti_options(rest: str) -> dict[str, Any]:
+    path, options = _path_and_options(
+        "acdc", rest, _acdc_nifti_option, "acdc:PATH[:train|val|test|all][:crop=N][:label=L]"
+    )
+    return {"path": path, "split": "all", "crop": 128, "label": MYOCARDIUM, **options}
+
+
+def _load_acdc_nifti(rest: str) -> list[PairSample]:
+    from models.data.acdc_nifti import load_acdc_nifti
+
+    options = _acdc_nifti_options(rest)
+    return load_acdc_nifti(options["path"], split=options["split"], crop=options["crop"], label=options["label"])
+
+
+def _camus_option(piece: str) -> _Option | None:
+    if piece in _SPLITS_WITH_TEST:
+        return "split", piece
+    key, sep, value = piece.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or key not in ("view", "size"):
+        return None
+    if key == "size":
+        return key, _count_option("camus", piece, value, minimum=2, none_ok=False)
+    view = value.upper()
+    if view not in ("2CH", "4CH", "BOTH"):
+        raise ValueError(f"bad value in camus option {piece!r}: expected view=2CH, view=4CH or view=both")
+    return key, view.lower() if view == "BOTH" else view
+
+
+def _camus_options(rest: str) -> dict[str, Any]:
+    path, options = _path_and_options(
+        "camus", rest, _camus_option, "camus:PATH[:train|val|test|all][:view=2CH|4CH|both][:size=N]"
+    )
+    return {"path": path, "split": "all", "view": "both", "size": 128, **options}
+
+
+def _load_camus(rest: str) -> list[PairSample]:
+    from models.data.camus import load_camus
+
+    options = _camus_options(rest)
+    return load_camus(options["path"], split=options["split"], view=options["view"], size=options["size"])
+
+
+def _manifest_option(piece: str) -> _Option | None:
+    key, sep, value = piece.partition("=")
+    if not sep or key.strip() != "crop":
+        return None
+    return "crop", _count_option("manifest", piece, value.strip(), minimum=1, none_ok=True)
+
+
+def _manifest_options(rest: str) -> dict[str, Any]:
+    path, options = _path_and_options("manifest", rest, _manifest_option, "manifest:PATH.csv[:crop=N]")
+    return {"path": path, "crop": None, **options}
+
+
+def _load_manifest(rest: str) -> list[PairSample]:
+    from models.data.manifest import load_manifest
+
+    options = _manifest_options(rest)
+    return load_manifest(options["path"], crop=options["crop"])
+
+
+# ---------------------------------------------------------------------------------------------------
 
 #: kind -> (load, describe), both functions of the text after ``KIND:``.
 _KINDS: dict[str, _Kind] = {
     "synthetic": _Kind(_load_synthetic, _describe_synthetic),
     "acdc-h5": _Kind(_load_acdc_h5, _describe_acdc_h5),
+    "acdc": _Kind(_load_acdc_nifti, _acdc_nifti_options),
+    "camus": _Kind(_load_camus, _camus_options),
+    "manifest": _Kind(_load_manifest, _manifest_options),
 }
