@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--moving-mask", type=Path, help="label map on the moving image, warped to the fixed grid")
     r.add_argument("--fixed-mask", type=Path, help="label map on the fixed image (Dice goes into the report)")
     r.add_argument("--out", required=True, type=Path, help="output directory")
+    for role in ("fixed", "moving"):
+        r.add_argument(f"--{role}-series", help=f"SeriesInstanceUID (or a unique prefix) when the {role} DICOM "
+                                                 "folder/zip holds several series")
+        r.add_argument(f"--{role}-frame", type=int, help=f"frame (0-based) of a 4D {role} image")
     r.add_argument("--device", default="auto")
 
     d = sub.add_parser("demo", help="make a synthetic cardiac pair, train a small model, register the pair")
@@ -183,13 +187,14 @@ def cmd_register(args: argparse.Namespace) -> int:
     from models.io.readers import check_mask, check_pair, read_image
     from models.register import register_images
 
-    def read(path: Path | None, kind: str) -> Image | None:
-        return None if path is None else read_image(path, kind=kind)
+    def read(path: Path | None, kind: str, series: str | None = None, frame: int | None = None) -> Image | None:
+        return None if path is None else read_image(path, kind=kind, series=series, frame=frame)
 
     start = time.perf_counter()
     model = load_artifact(args.model, device=_device(args.device))
     load_s = time.perf_counter() - start
-    fixed, moving = read(args.fixed, SCALAR), read(args.moving, SCALAR)
+    fixed = read(args.fixed, SCALAR, args.fixed_series, args.fixed_frame)
+    moving = read(args.moving, SCALAR, args.moving_series, args.moving_frame)
     moving_mask, fixed_mask = read(args.moving_mask, LABEL), read(args.fixed_mask, LABEL)
     check_pair(fixed, moving)
     for mask, image in ((moving_mask, moving), (fixed_mask, fixed)):

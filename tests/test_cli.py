@@ -124,17 +124,24 @@ def test_errors_exit_2_with_a_message(run_dir, tmp_path, capsys):
     assert "not a model artifact" in capsys.readouterr().err
 
 
-def write_dicom_series_zip(array: np.ndarray, spacing, path) -> None:
-    """A one-series DICOM zip, the way a PACS export looks (one file per slice)."""
+def write_dicom_series_zip(array: np.ndarray, spacing, path, uids=("1.2.826.0.1.3680043.2.1125.1.1",)) -> None:
+    """A DICOM zip the way a PACS export looks (one file per slice), one folder per series."""
     import zipfile
 
-    folder = path.parent / "dicom"
+    for n, uid in enumerate(uids):
+        _write_series(array, spacing, path.parent / f"dicom{n}", uid)
+    with zipfile.ZipFile(path, "w") as archive:
+        for n in range(len(uids)):
+            for file in sorted((path.parent / f"dicom{n}").iterdir()):
+                archive.write(file, f"series{n}/{file.name}")
+
+
+def _write_series(array: np.ndarray, spacing, folder, uid: str) -> None:
     folder.mkdir()
     image = sitk.GetImageFromArray(array.astype(np.int16))
     image.SetSpacing(spacing)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.2.1125.1.1"
     for z in range(array.shape[0]):
         slice_ = image[:, :, z]
         for tag, value in (("0020|000e", uid), ("0008|0060", "MR"), ("0020|0013", str(z + 1)),
@@ -144,9 +151,6 @@ def write_dicom_series_zip(array: np.ndarray, spacing, path) -> None:
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
         writer.Execute(slice_)
-    with zipfile.ZipFile(path, "w") as archive:
-        for file in sorted(folder.iterdir()):
-            archive.write(file, f"series/{file.name}")
 
 
 def test_register_accepts_a_dicom_series_zip(run_dir, tmp_path):
@@ -167,3 +171,16 @@ def test_register_refuses_a_mask_on_another_grid(run_dir, tmp_path, capsys):
                  "--moving-mask", str(mask), "--out", str(tmp_path / "o")]) == 2
     assert "m.nii.gz: the mask grid" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_register_names_the_series_of_a_multi_series_zip_and_takes_a_choice(run_dir, tmp_path, capsys):
+    volume = (np.random.default_rng(2).random((3, 32, 32)) * 1000).astype(np.int16)
+    uids = ("1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2")
+    write_dicom_series_zip(volume, (1.0, 1.0, 4.0), tmp_path / "two.zip", uids)
+    fixed = write(volume.astype(np.float32), tmp_path / "fixed.nii.gz", (1.0, 1.0, 4.0))
+    args = ["register", "--model", str(run_dir / "model"), "--fixed", str(fixed), "--moving",
+            str(tmp_path / "two.zip"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert all(uid in err for uid in uids) and "series" in err
+    assert main([*args, "--moving-series", uids[1]]) == 0
