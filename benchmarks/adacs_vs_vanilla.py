@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--scoring-lr", type=float, default=None, help="scoring network lr (default: --lr)")
+    p.add_argument("--alpha", type=float, default=0.02, help="AdaCS scoring regulariser weight α (SPEC: 0.02)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("benchmarks/runs/adacs_vs_vanilla"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/adacs_vs_vanilla.md"))
@@ -78,7 +79,8 @@ def seconds_per_update(history: list[dict], steps_per_epoch: int) -> dict[str, f
 
 
 def run_method(method: str, train_pairs, val_pairs, args, work: Path) -> tuple[dict, float, dict]:
-    cfg = TrainConfig(method=method, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+    alpha = args.alpha if method == "adacs" else TrainConfig.alpha  # vanilla ignores α: its run is reusable
+    cfg = TrainConfig(method=method, alpha=alpha, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                       steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                       micro_batch_size=args.micro_batch_size, lr=args.lr, scoring_lr=args.scoring_lr, seed=args.seed,
                       val_max_pairs=32,
@@ -153,7 +155,8 @@ def main(argv=None) -> int:
               f"Budget: {displacement_updates} displacement updates of batch {args.batch_size} per method "
               f"(warm-up {args.warmup_epochs} epochs, {args.epochs} main epochs, {args.steps_per_epoch} "
               f"updates per epoch; AdaCS adds {args.warmup_epochs * args.steps_per_epoch} scoring-only updates), "
-              f"lr {args.lr} (scoring network {args.scoring_lr or args.lr}), seed {args.seed}, SPEC network sizes, "
+              f"lr {args.lr} (scoring network {args.scoring_lr or args.lr}), α {args.alpha} (AdaCS), seed {args.seed}, "
+              "SPEC network sizes, "
               f"CPU ({torch.get_num_threads()} threads).",
               "Headline DSC is the strict score (nearest-neighbour warp); the paper-compatible column warps the "
               "mask bilinearly and counts every value above 0.", ""]
