@@ -1,0 +1,98 @@
+"""The two entry points, :func:`read_header` and :func:`read_image`: resolve, check the header, read, check values.
+
+The order is what makes refusals cheap: the path is resolved and each format's own checks run
+(:mod:`~models.io.readers.resolve`), then everything the header can refuse is refused
+(:func:`~models.io.readers.header.check_header`) before any pixel is read, and only then are the voxels
+read, a singleton axis dropped (:mod:`~models.io.readers.singleton`) and the values checked
+(:mod:`~models.io.readers.checks`). Scratch files (unpacked zips, links) live in a temporary folder that
+is removed before the function returns.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from models.io.errors import UnreadableImageError
+from models.io.image import LABEL, SCALAR, Geometry, Image
+from models.io.readers.checks import as_labels, check_scalar
+from models.io.readers.header import DEFAULT_MAX_VOXELS, ImageHeader, check_header
+from models.io.readers.itk import itk_header, itk_pixels
+from models.io.readers.nifti import nib_header, nib_pixels
+from models.io.readers.resolve import resolve
+from models.io.readers.singleton import squeeze
+from models.io.readers.source import DICOM, NIFTI, Source
+
+__all__ = ["read_header", "read_image"]
+
+
+def _header(src: Source) -> ImageHeader:
+    """NIfTI-2 headers come from nibabel (ITK cannot read them), all others from SimpleITK."""
+    if src.io == "nibabel":
+        return nib_header(src)
+    return itk_header(src)
+
+
+def _pixels(src: Source, header: ImageHeader, frame_index: tuple[int, ...]) -> tuple[np.ndarray, Geometry]:
+    """NIfTI voxels come from nibabel (ITK zeroes NaN/±Inf), all others from SimpleITK."""
+    if src.format == NIFTI:
+        return nib_pixels(src, header, frame_index)
+    return itk_pixels(src, header, frame_index)
+
+
+def read_header(path: str | Path, *, series: str | None = None) -> ImageHeader:
+    """The header of what :func:`read_image` would read, without its pixel data where the format allows.
+
+    Zips are unpacked into a scratch folder (removed again). Raises the same errors as
+    :func:`read_image` does before reading pixels, except those of :func:`check_header`.
+    """
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="adacs-io-") as tmp:
+        return _header(resolve(path, series, Path(tmp), str(path)))
+
+
+def _values(array: np.ndarray, kind: str, display: str, allow_constant: bool) -> tuple[np.ndarray, dict]:
+    """The voxels checked for their kind, and what ``metadata`` records about labels."""
+    if kind == LABEL:
+        original = array.dtype
+        array = as_labels(array, display)
+        labels = np.unique(array)
+        extra = {"labels": [int(v) for v in labels[:256]], "cast_from": str(original) if original != array.dtype
+                 else None}
+    else:
+        check_scalar(array, display, allow_constant)
+        extra = {}
+    return array, extra
+
+
+def read_image(path: str | Path, *, kind: str = SCALAR, series: str | None = None, frame: int | None = None,
+               max_voxels: int = DEFAULT_MAX_VOXELS, allow_constant: bool = False) -> Image:
+    """Read a file, folder or zip (see :data:`SUPPORTED`) as a 2-D or 3-D :class:`Image`.
+
+    ``kind="label"`` requires whole-number voxels (float masks cast to the smallest integer dtype);
+    ``series`` picks a DICOM series (SeriesInstanceUID or a unique prefix) or a file in a folder/zip;
+    (ignored for a single non-DICOM file); ``frame`` picks a frame of a 4-D+ image; ``max_voxels`` limits
+    one frame's voxel count; ``allow_constant`` accepts a scalar image whose voxels all have one value.
+    ``metadata`` records ``format``, ``dtype`` (the file's), ``size``/``dims`` (the file's), ``frame``,
+    ``n_frames``, ``squeezed`` and, for DICOM, the series facts. Raises :class:`ImageError` subclasses.
+    """
+    if kind not in (SCALAR, LABEL):
+        raise ValueError(f"kind must be {SCALAR!r} or {LABEL!r}, got {kind!r}")
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="adacs-io-") as tmp:
+        src = resolve(path, series, Path(tmp), str(path))
+        header = _header(src)
+        frame_index = check_header(header, frame=frame, max_voxels=max_voxels)
+        array, geometry = _pixels(src, header, frame_index)
+    if array.ndim != geometry.ndim:  # defensive: a reader returned something unexpected
+        raise UnreadableImageError(f"read a {array.ndim}-D array with {geometry.ndim}-D geometry", path=src.display)
+    array, geometry, squeezed = squeeze(array, geometry)
+    array, extra = _values(array, kind, src.display, allow_constant)
+    metadata = {"format": src.format, "dtype": header.pixel_type, "size": header.size, "dims": header.dims,
+                "n_frames": header.n_frames, "frame": frame,
+                "squeezed": squeezed, **header.info, **extra}
+    if src.format == DICOM and len(src.files) > 1:
+        metadata["files"] = len(src.files)
+    return Image(array, geometry, kind, src.display, metadata)
