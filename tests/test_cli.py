@@ -184,3 +184,17 @@ def test_register_names_the_series_of_a_multi_series_zip_and_takes_a_choice(run_
     err = capsys.readouterr().err
     assert all(uid in err for uid in uids) and "series" in err
     assert main([*args, "--moving-series", uids[1]]) == 0
+
+
+@pytest.mark.parametrize("formats", [(".mha", ".nrrd", ".nii", ".mha"), (".nrrd", ".nii.gz", ".mha", ".nrrd")])
+def test_register_reads_every_format_for_images_and_masks(run_dir, tmp_path, formats):
+    pair = make_phantom_pair(PhantomConfig(size=32, seed=5), 0)
+    names = ("fixed", "moving", "moving_mask", "fixed_mask")
+    paths = {n: write(getattr(pair, n), tmp_path / f"{n}{ext}", (1.5, 1.5)) for n, ext in zip(names, formats)}
+    out = tmp_path / "out"
+    assert main(["register", "--model", str(run_dir / "model"), *sum(([f"--{n.replace('_', '-')}", str(p)]
+                                                                      for n, p in paths.items()), []),
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["dice"]) == {"1", "2"}
+    assert sitk.ReadImage(str(out / "warped_mask.nii.gz")).GetPixelID() == sitk.sitkUInt8
