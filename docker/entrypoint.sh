@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Entry point of both images. The first argument picks the process:
+#   api      migrate the database, then serve service.main:app with uvicorn on port 8000
+#   worker   migrate the database, then run the Celery worker on WORKER_QUEUES
+#   migrate  only migrate the database (a one-off: `docker compose run --rm api migrate`)
+#   anything else is run as given, e.g. `adacs --help` or `bash`.
+# Every knob is an environment variable; docker/ENVIRONMENT.md lists them.
+set -euo pipefail
+
+migrate() {
+  # Safe at every start and from several containers at once: upgrade_database() holds a
+  # database lock for the whole upgrade and does nothing when the schema is at head.
+  python - <<'PY'
+from service.core.config import get_settings
+from service.db.migrate import upgrade_database
+
+print("adacs: database schema at revision", upgrade_database(get_settings().database_url), flush=True)
+PY
+}
+
+role="${1:-api}"
+if [ "$#" -gt 0 ]; then shift; fi
+
+case "$role" in
+  api)
+    migrate
+    # uvicorn reads WEB_CONCURRENCY (processes) and FORWARDED_ALLOW_IPS itself.
+    exec uvicorn service.main:app --host 0.0.0.0 --port 8000 --log-level "${LOG_LEVEL:-info}" "$@"
+    ;;
+  worker)
+    migrate
+    # The node name celery@<container hostname> is what the health check pings; --task-events
+    # lets Flower follow tasks.
+    exec celery --app worker.celery_app:app worker \
+      --hostname "celery@%h" \
+      --queues "${WORKER_QUEUES:-inference,training}" \
+      --concurrency "${WORKER_CONCURRENCY:-1}" \
+      --loglevel "${LOG_LEVEL:-info}" \
+      --task-events "$@"
+    ;;
+  migrate)
+    migrate
+    ;;
+  *)
+    exec "$role" "$@"
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Settings and small shared helpers of the API process and the worker (no torch, no web framework)."""
