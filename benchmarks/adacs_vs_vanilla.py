@@ -35,7 +35,7 @@ from models.networks.estimator import EstimatorConfig
 from models.statistics import paired_ttest, paired_ttest_by_subject
 from models.trainer import TrainConfig, train
 
-METRICS = ("dsc", "hd", "asd", "folding_pct", "epe", "dsc_paper")
+METRICS = ("dsc", "hd", "asd", "folding_pct", "epe", "epe_myo", "dsc_paper")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,12 +107,12 @@ def table(name: str, reports: dict[str, dict], walls: dict[str, float], rates: d
     unit = reports["none"]["summary"]["distance_unit"]
     lines = [f"### {name}", "", f"n = {reports['none']['summary']['n_pairs']} pairs, "
              f"{reports['none']['summary']['n_subjects']} subjects; distances in {unit}.", "",
-             "| method | DSC % | DSC % (paper-compatible) | HD | ASD | folding % | EPE | train s | infer ms/pair |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | DSC % | DSC % (paper-compatible) | HD | ASD | folding % | EPE | EPE myocardium | train s | "
+             "infer ms/pair |", "|---|---|---|---|---|---|---|---|---|---|"]
     for method, report in reports.items():
         s = report["summary"]
         cells = [fmt(s.get(f"{k}_mean"), s.get(f"{k}_std")) for k in ("dsc", "dsc_paper", "hd", "asd",
-                                                                      "folding_pct", "epe")]
+                                                                      "folding_pct", "epe", "epe_myo")]
         infer = s.get("inference_ms_per_pair")
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {walls.get(method, 0):.0f} | "
                      + (f"{infer:.1f}" if infer is not None else "–") + " |")

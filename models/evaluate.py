@@ -40,6 +40,9 @@ def pair_metrics(pair: PairSample, disp: torch.Tensor, label: int = MYOCARDIUM) 
         out["dsc_paper"] = _paper_dice(pair.moving_mask, pair.fixed_mask, disp, label)
     if pair.disp_gt is not None:
         out["epe"] = endpoint_error(disp.numpy(), pair.disp_gt, pair.spacing_mm)
+        if pair.fixed_mask is not None and np.any(pair.fixed_mask == label):
+            # On the structure itself: a field can be right on the heart and wrong in the background.
+            out["epe_myo"] = endpoint_error(disp.numpy(), pair.disp_gt, pair.spacing_mm, mask=pair.fixed_mask == label)
     return out
 
 
@@ -47,7 +50,7 @@ def summarize(pairs: list[dict], spacing_known: bool) -> dict:
     """Mean/std of every metric, per-subject means of the DSC, and the distance unit."""
     summary: dict = {"n_pairs": len(pairs), "n_subjects": len({p["subject_id"] for p in pairs}),
                      "distance_unit": "mm" if spacing_known else "voxels"}
-    for key in ("dsc", "hd", "hd95", "asd", "folding_pct", "dsc_paper", "epe"):
+    for key in ("dsc", "hd", "hd95", "asd", "folding_pct", "dsc_paper", "epe", "epe_myo"):
         values = [p[key] for p in pairs if key in p]
         if values:
             summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(values)

@@ -52,7 +52,7 @@ def test_evaluate_report(run_dir, tmp_path):
     for key in ("n_pairs", "dsc_mean", "dsc_std", "hd_mean", "asd_mean", "folding_pct_mean"):
         assert key in report["summary"]
     assert report["summary"]["n_pairs"] == 3 and len(report["pairs"]) == 3
-    assert {"pair_id", "dsc", "hd", "asd", "folding_pct", "epe", "dsc_paper"} <= set(report["pairs"][0])
+    assert {"pair_id", "dsc", "hd", "asd", "folding_pct", "epe", "epe_myo", "dsc_paper"} <= set(report["pairs"][0])
 
 
 def write(array, path, spacing, direction=None, origin=None):
