@@ -6,6 +6,9 @@
 - ``service.storage``: the content-addressed artifact store;
 - ``service.registry``: model versions and their stages (the displacement estimator only).
 
-The FastAPI app comes next. Nothing here imports torch at module level: the API process must stay
-free of it (``tests/test_boundaries.py``).
+- ``service.main`` / ``service.api``: the FastAPI app (``/healthz``, ``/readyz``, ``/metrics``, the
+  model registry under ``/v1/models``), API keys with scopes (``service.cli_keys`` manages them).
+
+Nothing here imports torch at module level: the API process must stay free of it
+(``tests/test_boundaries.py``, ``tests/api/test_app.py``).
 """

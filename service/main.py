@@ -1,0 +1,73 @@
+"""The FastAPI app: ``create_app(settings)`` assembles it; ``uvicorn service.main:app`` serves it.
+
+Building the app reads no settings and opens nothing, so ``app`` below costs only imports: the
+settings (``get_settings()`` unless given), the engine, the session factory and the artifact store
+are made in the lifespan, when a server starts the app, and reach requests as lifespan state.
+This module and everything it imports stay free of torch and of the worker (a test checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from service.api.errors import install_error_handler
+from service.api.limits import BodySizeLimitMiddleware
+from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.routes import health, models
+from service.core.config import Settings, get_settings
+from service.db import make_engine, make_session_factory
+from service.storage import LocalArtifactStore
+
+__all__ = ["create_app", "operation_id", "app"]
+
+
+def operation_id(route: APIRoute) -> str:
+    """``<tag>-<function name>``, e.g. ``models-list_models``: stable for generated clients."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def _version() -> str:
+    try:
+        return version("adacs-registration")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def _lifespan(settings: Settings | None):
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        resolved = settings or get_settings()
+        if (resolved.broker_url or "").startswith("filesystem"):
+            resolved.ensure_directories()  # the embedded broker's folders must exist before a task is sent
+        engine = make_engine(resolved.database_url, busy_timeout_ms=resolved.db_busy_timeout_ms)
+        try:
+            yield {"settings": resolved, "engine": engine, "session_factory": make_session_factory(engine),
+                   "store": LocalArtifactStore(resolved.artifact_dir)}
+        finally:
+            engine.dispose()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API. ``settings`` default to ``get_settings()``, read when the server starts the app."""
+    app = FastAPI(title="AdaCS registration", version=_version(), lifespan=_lifespan(settings),
+                  generate_unique_id_function=operation_id,
+                  description="Deformable registration of medical images with adaptive correspondence scoring "
+                              "(AdaCS): a model registry, registrations and trainings.")
+    app.state.metrics = Metrics()
+    for router in (health.router, models.router):
+        app.include_router(router)  # no prefix here: routers carry theirs (see service.api.routes)
+    install_error_handler(app)
+    app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: it also counts 413s
+    return app
+
+
+app = create_app()

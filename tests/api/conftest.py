@@ -1,0 +1,129 @@
+"""The API over real HTTP: uvicorn serves ``create_app(settings)`` in a thread, httpx talks to it.
+
+Every module runs on SQLite and on PostgreSQL (``api_db_url`` is a module-scoped parameter; each
+PostgreSQL run gets its own fresh database). ``serve(**settings)`` starts a server with those
+settings on a free port, on the module's database, and stops it when the module ends.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from service.core.config import Settings
+from service.db import make_engine, session_scope, upgrade_database
+from service.main import create_app
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1:<free port> in a daemon thread; ``client`` talks to it."""
+
+    def __init__(self, settings: Settings, app: FastAPI) -> None:
+        self.settings = settings
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))  # the kernel picks a free port; no race with other runs
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start (see the log above)")
+            time.sleep(0.01)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.socket.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated, empty database for this module: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'adacs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")()
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def serve(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
+    """``serve(api_keys_enabled=True, ...)`` -> a running server with those settings (own data folder).
+    ``serve(extend=f)`` calls ``f(app)`` before serving, e.g. to add a route that probes a dependency."""
+    with ExitStack() as servers:
+        def start(extend: Callable[[FastAPI], None] | None = None, **overrides: object) -> LiveServer:
+            settings = Settings(**{"data_dir": tmp_path_factory.mktemp("data"), "database_url": api_db_url,
+                                   **overrides})
+            app = create_app(settings)
+            if extend is not None:
+                extend(app)
+            return servers.enter_context(LiveServer(settings, app))
+
+        yield start
+
+
+@pytest.fixture(scope="module")
+def api(serve: Callable[..., LiveServer]) -> LiveServer:
+    """A server with the embedded defaults (no API keys), 1 MiB upload limit."""
+    return serve(max_upload_bytes=1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def db_session(api_db_url: str) -> Iterator[Callable[[], object]]:
+    """``with db_session() as session:`` on the module's database (commits at the end of the block)."""
+    engine = make_engine(api_db_url)
+    yield lambda: session_scope(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def artifact_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny VoxelMorph artifacts (different weights) written by ``models.artifact.save_artifact``."""
+    import torch
+
+    from models.artifact import save_artifact
+    from models.intensity import IntensityConfig
+    from models.networks.estimator import EstimatorConfig, build_estimator
+
+    config, root, dirs = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4)), tmp_path_factory.mktemp("artifacts"), []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        dirs.append(save_artifact(root / f"model-{seed}", build_estimator(config), config, IntensityConfig(),
+                                  {"method": "adacs", "seed": seed, "data": "synthetic phantoms"},
+                                  train_shape=(32, 32)))
+    return dirs
+
+
+def _zip_folder(folder: Path, prefix: str = "", extra: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, prefix + path.name)
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def zip_folder() -> Callable[..., bytes]:
+    """``zip_folder(folder, prefix="", extra={name: bytes})`` -> the folder's files as zip bytes."""
+    return _zip_folder
