@@ -185,6 +185,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from models.artifact import load_artifact, write_json_atomic
     from models.io.image import LABEL, SCALAR, Image
     from models.io.readers import check_mask, check_pair, read_image
+    from models.outputs import write_registration_outputs
     from models.register import register_images
 
     def read(path: Path | None, kind: str, series: str | None = None, frame: int | None = None) -> Image | None:
@@ -201,24 +202,13 @@ def cmd_register(args: argparse.Namespace) -> int:
         if mask is not None:
             check_mask(mask, image)
     result = register_images(model, fixed, moving, moving_mask, fixed_mask)
-    _write_outputs(args.out, result)
+    write_registration_outputs(args.out, result)
     result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
                           "wall_s": round(time.perf_counter() - start, 4),
                           "displacement_units": "mm, ITK LPS physical space, fixed point p -> p + u(p)"})
     write_json_atomic(args.out / "report.json", result.report)
     print(json.dumps(result.report, indent=2))
     return 0
-
-
-def _write_outputs(out: Path, result) -> None:
-    """Write the field (mm, ITK convention), the warped image and the warped mask on the fixed grid."""
-    from models.io.writers import write_image
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_image(result.field_mm, out / "displacement.nii.gz")
-    write_image(result.warped.to_sitk(), out / "warped.nii.gz")
-    if result.warped_mask is not None:
-        write_image(result.warped_mask.to_sitk(), out / "warped_mask.nii.gz")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ ARTIFACT_DIR = "/var/lib/adacs/artifacts"
 
 def _read(path: Path) -> str:
     assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
-    return path.read_text()
+    return path.read_text(encoding="utf-8")  # not the locale's encoding: another test may have changed it
 
 
 @cache
@@ -256,7 +256,10 @@ def test_every_variable_the_images_read_is_documented():
 
 
 def test_every_application_setting_is_documented_with_its_default():
+    from worker.settings import WorkerSettings
+
     fields = {f"ADACS_{name.upper()}": field for name, field in Settings.model_fields.items()}
+    fields |= {f"ADACS_WORKER_{name.upper()}": field for name, field in WorkerSettings.model_fields.items()}
     docs = documented()
     assert set(fields) - set(docs) == set(), "settings missing from docker/ENVIRONMENT.md"
     stale = {name for name in docs if name.startswith("ADACS_")} - set(fields)

@@ -1,0 +1,159 @@
+"""Fixtures for the worker: a migrated database (SQLite and PostgreSQL), a tiny registered model,
+an image pair made here, and jobs laid out as the API lays them out (``worker.tasks.registration``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import SimpleITK as sitk
+from sqlalchemy import text
+
+from models.data.synthetic import PhantomConfig, make_phantom_pair
+from service.core.config import Settings
+from service.db import Job, JobKind, get_engine, make_engine, session_scope, upgrade_database
+from service.registry import promote, register_version
+from service.storage import LocalArtifactStore
+
+TABLES = "stage_assignments, model_versions, models, datasets, jobs, api_keys"
+MODEL = "tiny"
+ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated(postgres_database: Callable[[], str]) -> str:
+    url = postgres_database()
+    upgrade_database(url)
+    return url
+
+
+def sqlite_copy(template: Path, directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, directory / "adacs.db")
+    return f"sqlite:///{directory / 'adacs.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        return sqlite_copy(request.getfixturevalue("sqlite_template"), tmp_path / "db")
+    url = request.getfixturevalue("postgres_migrated")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    return sqlite_copy(sqlite_template, tmp_path / "db")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2D VoxelMorph artifact whose flow head is large enough to move the mask visibly."""
+    import torch
+
+    from models.artifact import save_artifact
+    from models.intensity import IntensityConfig
+    from models.networks.estimator import EstimatorConfig, build_estimator
+
+    torch.manual_seed(0)
+    config = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4))
+    estimator = build_estimator(config)
+    with torch.no_grad():  # a fresh head predicts (almost) the identity: a weak test of equal outputs
+        estimator.flow.weight.normal_(0.0, 0.3)
+        estimator.flow.bias.copy_(torch.tensor([1.0, -0.75]))  # a shift of a few voxels, plus variation
+    return save_artifact(tmp_path_factory.mktemp("model") / "tiny", estimator, config, IntensityConfig(),
+                         {"method": "adacs", "data": "none: random weights for tests"}, train_shape=(32, 32),
+                         train_spacing_mm=(1.5, 1.5))
+
+
+@pytest.fixture(scope="session")
+def image_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 32×32 phantom pair and its masks as NIfTI, on an oblique, anisotropic grid."""
+    pair = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
+    directory = tmp_path_factory.mktemp("pair")
+    paths = {}
+    for role in ROLES:
+        image = sitk.GetImageFromArray(getattr(pair, role))
+        image.SetSpacing((1.5, 1.2))
+        image.SetOrigin((4.0, -2.0))
+        image.SetDirection((0.0, 1.0, -1.0, 0.0))
+        paths[role] = directory / f"{role}.nii.gz"
+        sitk.WriteImage(image, str(paths[role]))
+    return paths
+
+
+def engine_of(settings: Settings):
+    """The engine the worker's code uses for ``settings`` (``get_engine`` caches by its arguments)."""
+    return get_engine(settings.database_url, settings.db_busy_timeout_ms)
+
+
+def _register_model(settings: Settings, model_dir: Path) -> str:
+    with session_scope(engine_of(settings)) as session:
+        version = register_version(session, LocalArtifactStore(settings.artifact_dir), MODEL, model_dir)
+        promote(session, MODEL, version.version, "production")
+        return version.sha256
+
+
+def _create_job(settings: Settings, files: dict[str, Path], **params: Any) -> str:
+    job = Job(kind=JobKind.REGISTRATION)
+    with session_scope(engine_of(settings)) as session:
+        session.add(job)
+        session.flush()
+        folder = LocalArtifactStore(settings.artifact_dir).job_dir(job.id) / "inputs"
+        folder.mkdir()
+        for role, path in files.items():
+            shutil.copyfile(path, folder / f"{role}.nii.gz")
+        job.params = {"model": MODEL, "inputs": {role: f"inputs/{role}.nii.gz" for role in files}} | params
+        return job.id
+
+
+def _load_job(settings: Settings, job_id: str) -> Job | None:
+    with session_scope(engine_of(settings)) as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            session.expunge(job)
+        return job
+
+
+@pytest.fixture(scope="session")
+def register_model(model_dir: Path) -> Callable[[Settings], str]:
+    """``register_model(settings)``: the tiny model as ``tiny`` version 1 in production; its sha256."""
+    return lambda settings: _register_model(settings, model_dir)
+
+
+@pytest.fixture(scope="session")
+def create_job(image_pair: dict[str, Path]) -> Callable[..., str]:
+    """``create_job(settings, files=None, **params)``: a queued job laid out as the API lays it out
+    (``files`` by role under ``job_dir/inputs/``, then the row); ``files`` defaults to the image pair,
+    ``params`` override the job's."""
+    return lambda settings, files=None, **params: _create_job(settings, files or image_pair, **params)
+
+
+@pytest.fixture(scope="session")
+def load_job() -> Callable[[Settings, str], Job | None]:
+    return _load_job
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Iterator[Settings]:
+    """Settings on each backend, with heartbeats short enough for a test to see."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=db_url, heartbeat_interval_s=0.2,
+                        progress_min_interval_s=0.0)
+    yield settings
+    engine_of(settings).dispose()

@@ -1,0 +1,130 @@
+"""worker/tasks/registration.py: the task body as a plain function, on SQLite and PostgreSQL, no broker."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from service.cli import main as adacs
+from service.db import JobStatus
+from service.storage import LocalArtifactStore
+from worker.model_cache import MODEL_CACHE
+from worker.tasks.registration import run_registration
+
+FILES = {"displacement": "displacement.nii.gz", "warped": "warped.nii.gz", "warped_mask": "warped_mask.nii.gz",
+         "report": "report.json", "preview": "preview.png"}
+
+
+def read_array(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+@pytest.fixture(autouse=True)
+def empty_model_cache():
+    MODEL_CACHE.clear()
+    yield
+    MODEL_CACHE.clear()
+
+
+def test_a_job_succeeds_with_the_files_adacs_register_writes(settings, register_model, create_job, load_job,
+                                                             image_pair, tmp_path):
+    sha = register_model(settings)
+    job_id = create_job(settings)
+    run_registration(job_id, settings=settings)
+
+    job = load_job(settings, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.attempts == 1 and job.error is None and job.progress == {"phase": "succeeded"}
+    assert job.started_at <= job.heartbeat_at <= job.finished_at
+    result = job.result
+    assert result["model"] == {"ref": "tiny:1", "name": "tiny", "version": 1, "sha256": sha}
+    assert set(result["timings_s"]) == {"load_model", "read_inputs", "register", "write_outputs", "total"}
+    assert result["device"] == "cpu" and result["attempt"] == 1
+
+    # Every output is an object of the store, and its copy in job_dir/outputs/ has the same bytes.
+    store = LocalArtifactStore(settings.artifact_dir)
+    outputs_dir = store.job_dir(job_id) / "outputs"
+    assert {role: o["file"] for role, o in result["outputs"].items()} == FILES
+    assert sorted(p.name for p in outputs_dir.iterdir()) == sorted(FILES.values())
+    for output in result["outputs"].values():
+        assert output["key"] == store.key_of(output["sha256"])
+        assert store.path_of(output["sha256"]).read_bytes() == (outputs_dir / output["file"]).read_bytes()
+    assert (outputs_dir / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((outputs_dir / "report.json").read_text())
+    assert report == result["report"] and report["model"] == "tiny:1"
+    assert set(report["dice"]) == {"1", "2"} and 0.0 <= report["folding_pct"] <= 100.0
+
+    # The same model and inputs through the CLI give the same arrays.
+    cli_out = tmp_path / "cli"
+    assert adacs(["register", "--model", str(store.checkout_dir(sha)), "--fixed", str(image_pair["fixed"]),
+                  "--moving", str(image_pair["moving"]), "--moving-mask", str(image_pair["moving_mask"]),
+                  "--fixed-mask", str(image_pair["fixed_mask"]), "--out", str(cli_out)]) == 0
+    for name in ("displacement.nii.gz", "warped.nii.gz", "warped_mask.nii.gz"):
+        ours, theirs = read_array(outputs_dir / name), read_array(cli_out / name)
+        assert ours.dtype == theirs.dtype and ours.tobytes() == theirs.tobytes(), name
+    cli_report = json.loads((cli_out / "report.json").read_text())
+    assert report["dice"] == cli_report["dice"] and report["folding_pct"] == cli_report["folding_pct"]
+    # The tiny model moves the mask: equality above is not two identity warps agreeing.
+    assert not np.array_equal(read_array(outputs_dir / "warped_mask.nii.gz"), read_array(image_pair["moving_mask"]))
+
+
+def test_a_corrupt_input_fails_naming_the_file_and_writes_no_outputs(settings, register_model, create_job,
+                                                                     load_job, image_pair, tmp_path):
+    register_model(settings)
+    corrupt = tmp_path / "moving.nii.gz"
+    corrupt.write_bytes(image_pair["moving"].read_bytes()[:200])  # a cut transfer
+    job_id = create_job(settings, files=dict(image_pair, moving=corrupt))
+    run_registration(job_id, settings=settings)
+
+    job = load_job(settings, job_id)
+    assert job.status == JobStatus.FAILED and job.finished_at is not None
+    assert job.error.startswith("unreadable_image: inputs/moving.nii.gz: ")
+    error = job.result["error"]
+    assert error["code"] == "unreadable_image" and error["http_status"] == 400
+    assert error["message"].startswith("inputs/moving.nii.gz: ") and "traceback" not in error
+    assert str(settings.artifact_dir) not in job.error  # no server paths in what users read
+    assert "outputs" not in job.result
+    job_dir = LocalArtifactStore(settings.artifact_dir).job_dir(job_id)
+    assert sorted(p.name for p in job_dir.iterdir()) == ["inputs"]  # no outputs, no staging left behind
+
+
+def test_a_missing_job_is_no_error(settings):
+    run_registration("00000000-0000-4000-8000-000000000000", settings=settings)
+
+
+def test_a_finished_job_is_left_alone(settings, register_model, create_job, load_job):
+    register_model(settings)
+    job_id = create_job(settings)
+    run_registration(job_id, settings=settings)
+    first = load_job(settings, job_id)
+    run_registration(job_id, settings=settings)  # a redelivered message
+    again = load_job(settings, job_id)
+    assert again.status == JobStatus.SUCCEEDED and again.attempts == 1
+    assert (again.finished_at, again.result) == (first.finished_at, first.result)
+
+
+def test_the_model_is_loaded_once_for_two_jobs(settings, register_model, create_job, load_job):
+    register_model(settings)
+    jobs = [create_job(settings), create_job(settings, model="tiny:1")]
+    for job_id in jobs:
+        run_registration(job_id, settings=settings)
+    assert [load_job(settings, j).status for j in jobs] == [JobStatus.SUCCEEDED] * 2
+    info = MODEL_CACHE.info()
+    assert (info.loads, info.hits, info.size) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("with_masks", [True, False])
+def test_the_preview_of_a_volume_shows_its_middle_slice(tmp_path, with_masks):
+    from models.io.image import LABEL, Geometry, Image
+    from worker.preview import write_preview
+
+    volume = np.zeros((5, 16, 16), np.float32)
+    volume[2, 4:12, 4:12] = 1.0  # only the middle slice has a square
+    image = Image(volume, Geometry.identity(3, (1.0, 1.0, 2.5)))
+    mask = Image((volume > 0).astype(np.uint8), image.geometry, LABEL) if with_masks else None
+    path = write_preview(tmp_path / "preview.png", image, image, mask, mask)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[:2] == (400, 800) and pixels[..., :3].std() > 0.1  # the square, not a blank slice

@@ -1,0 +1,104 @@
+"""The Celery app, configured from the service's settings when its configuration is first read.
+
+``celery --app worker.celery_app:app worker`` starts a worker; the Docker health check imports this
+module every minute, so it imports no torch and no task module (Celery imports ``include`` when a
+worker starts). Settings are read lazily (``add_defaults`` with a callable), so a test or launcher
+can set ``ADACS_*`` first.
+
+Task names and queues are the contract with the API, which sends tasks by name and never imports
+this package::
+
+    celery.send_task(REGISTRATION_TASK, args=[job_id], queue=INFERENCE_QUEUE)
+
+The choices, and why (Celery ``docs/faq.rst``, "Should I use retry or acks_late?"):
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged when its task
+  ends, so a worker killed mid-job leaves it to be delivered again; the task is idempotent and
+  counts deliveries in ``jobs.attempts`` (``max_attempts`` stops a job that kills every worker).
+- ``worker_prefetch_multiplier=1``: a worker reserves one job at a time, so a long training does
+  not hold registrations hostage behind it in a reserved batch.
+- Redis' ``visibility_timeout`` (from settings) outlasts the longest job; the reaper's heartbeat
+  check is the first line against lost jobs, redelivery the second (DESIGN "Jobs survive crashes").
+- JSON only, no result backend, results ignored: the job row is the truth and messages carry ids.
+- ``worker_max_tasks_per_child`` from ``ADACS_WORKER_MAX_TASKS_PER_CHILD``; time limits from
+  settings (enforced by the prefork pool; ``--pool solo`` ignores them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from service.core.config import Settings, get_settings
+from worker.settings import WorkerSettings, get_worker_settings
+
+__all__ = ["app", "create_app", "celery_config", "INFERENCE_QUEUE", "TRAINING_QUEUE", "REGISTRATION_TASK",
+           "FILESYSTEM_POLLING_INTERVAL_S"]
+
+INFERENCE_QUEUE, TRAINING_QUEUE = "inference", "training"
+REGISTRATION_TASK = "adacs.registration.run"
+TASK_MODULES = ["worker.tasks.registration"]
+# kombu polls the filesystem transport's folder; its default (1 s) would add up to a second to
+# every job of the embedded mode.
+FILESYSTEM_POLLING_INTERVAL_S = 0.1
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    options = settings.broker_transport_options()
+    if (settings.broker_url or "").startswith("filesystem"):
+        settings.ensure_directories()  # the transport needs its folders, for senders and workers alike
+        options["polling_interval"] = FILESYSTEM_POLLING_INTERVAL_S
+    return options
+
+
+def celery_config(settings: Settings, worker_settings: WorkerSettings | None = None) -> dict[str, Any]:
+    """Celery's configuration for ``settings`` (see the module docstring for the reasons)."""
+    worker_settings = worker_settings or get_worker_settings()
+    limit = settings.registration_time_limit_s
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": _transport_options(settings),
+        "broker_connection_retry_on_startup": True,
+        "result_backend": settings.result_backend,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_max_tasks_per_child": worker_settings.max_tasks_per_child or None,
+        "task_default_queue": INFERENCE_QUEUE,
+        # Routes match task *names*: the explicit ``adacs.*`` ones, and module paths for any task
+        # defined without a name.
+        "task_routes": {"worker.tasks.registration.*": {"queue": INFERENCE_QUEUE},
+                        "adacs.registration.*": {"queue": INFERENCE_QUEUE},
+                        "worker.tasks.training.*": {"queue": TRAINING_QUEUE},
+                        "adacs.training.*": {"queue": TRAINING_QUEUE}},
+        # The soft limit raises inside the task, which then records the job as failed; the hard
+        # limit kills a task that ignores it.
+        "task_annotations": {REGISTRATION_TASK: {"soft_time_limit": max(1.0, 0.9 * limit), "time_limit": limit}},
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app whose configuration is built from ``settings`` (default: the process's) on first use."""
+    app = Celery("adacs", include=TASK_MODULES, set_as_current=settings is None)
+    app.add_defaults(lambda: celery_config(settings or get_settings()))
+    return app
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _no_inherited_connections(**_: Any) -> None:
+    """A forked pool process must not share its parent's database connections (``get_engine`` docs)."""
+    from service.db import get_engine
+
+    settings = get_settings()
+    get_engine(settings.database_url, settings.db_busy_timeout_ms).dispose(close=False)
