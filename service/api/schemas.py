@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 __all__ = ["ErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
            "ModelVersionPublic", "ModelPublic", "ModelDetailPublic", "ModelsPublic", "PromotionCreate",
-           "StageAssignmentPublic"]
+           "StageAssignmentPublic", "OutputPublic", "RegistrationPublic", "RegistrationsPublic"]
 
 
 class ErrorPublic(BaseModel):
@@ -79,3 +79,41 @@ class StageAssignmentPublic(BaseModel):
     stage: str
     version: int
     updated_at: datetime
+
+
+# -- registrations -------------------------------------------------------------------------------
+
+class OutputPublic(BaseModel):
+    """One output file of a finished registration."""
+
+    file: str = Field(description="its file name, e.g. 'displacement.nii.gz'")
+    url: str = Field(description="where to download it")
+    sha256: str
+    size_bytes: int
+
+
+class RegistrationPublic(BaseModel):
+    """A registration job as clients see it; ``outputs`` and ``report`` appear once it succeeded."""
+
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    model: str = Field(description="the model reference asked for, e.g. 'cardiac' or 'cardiac:3'")
+    model_version: str | None = Field(None, description="'name:version' that ran (once it ran)")
+    inputs: list[str] = Field(description="roles uploaded: fixed, moving, moving_mask, fixed_mask")
+    progress: dict[str, Any] = Field(default_factory=dict, description="phase, step and steps while running")
+    error: str | None = Field(None, description="'<code>: <message>' when it failed")
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings_s: dict[str, float] | None = Field(None, description="load_model, read_inputs, register, "
+                                                                 "write_outputs, total")
+    report: dict[str, Any] | None = Field(None, description="metrics: dice (with a fixed mask), folding_pct, ...")
+    url: str = Field(description="this job's URL")
+    outputs: dict[str, OutputPublic] = Field(
+        default_factory=dict, description="by role: displacement, warped, warped_mask, report, preview")
+
+
+class RegistrationsPublic(BaseModel):
+    data: list[RegistrationPublic]
+    count: int = Field(description="number of registrations (all pages)")

@@ -24,6 +24,15 @@ OPERATIONS = {
     ("DELETE", "/v1/models/{name}/versions/{version}"): "models-delete_model_version",
     ("POST", "/v1/models/{name}/versions/{version}/promote"): "models-promote_model_version",
     ("GET", "/v1/models/{name}/versions/{version}/artifact"): "models-download_model_artifact",
+    ("POST", "/v1/registrations"): "registrations-create_registration",
+    ("GET", "/v1/registrations"): "registrations-list_registrations",
+    ("GET", "/v1/registrations/{job_id}"): "registrations-read_registration",
+    ("DELETE", "/v1/registrations/{job_id}"): "registrations-delete_registration",
+    ("GET", "/v1/registrations/{job_id}/displacement"): "registrations-download_displacement",
+    ("GET", "/v1/registrations/{job_id}/warped-image"): "registrations-download_warped_image",
+    ("GET", "/v1/registrations/{job_id}/warped-mask"): "registrations-download_warped_mask",
+    ("GET", "/v1/registrations/{job_id}/report"): "registrations-download_report",
+    ("GET", "/v1/registrations/{job_id}/preview.png"): "registrations-download_preview",
 }
 
 

@@ -1,0 +1,293 @@
+"""Registrations over HTTP: upload an image pair, follow the job, download its outputs.
+
+``POST /v1/registrations`` keeps the contract of ``worker.tasks.registration`` (its docstring): the
+uploads go to ``store.job_dir(id)/inputs/<role><ext>``, each is checked from its header alone
+(``models.io.readers``, no torch), and only then is the ``queued`` row committed and
+``adacs.registration.run`` sent by name with the job's id. A refused upload leaves no row and no
+files; an image error names the form field (``moving: ...``). Creating and deleting need the
+``register`` scope; reading needs a valid key when keys are on.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import Path as PathParam
+from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.io.errors import DimensionMismatchError, ImageError
+from models.io.readers import check_header, read_header
+from service.api.deps import CurrentKey, RegisterKey, SessionDep, SettingsDep, StoreDep
+from service.api.errors import ApiError
+from service.api.routes import API_V1
+from service.api.schemas import ErrorPublic, OutputPublic, RegistrationPublic, RegistrationsPublic
+from service.core.config import Settings
+from service.db import Job, JobKind, JobStatus, new_id
+from service.registry import resolve
+from service.storage import ArtifactStore
+from service.storage.atomic import CHUNK, copy_hashing
+from service.tasks import TaskSender
+
+__all__ = ["router", "DOWNLOADS"]
+
+_ERRORS = {code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 415, 422)}
+router = APIRouter(prefix=f"{API_V1}/registrations", tags=["registrations"], responses=_ERRORS)
+
+JobId = Annotated[str, PathParam(description="the registration's id (a UUID)")]
+IMAGE_ROLES = ("fixed", "moving")
+MASK_ROLES = ("moving_mask", "fixed_mask")
+# URL segment -> (output role in job.result, media type, file name), as the worker names them.
+DOWNLOADS = {
+    "displacement": ("displacement", "application/gzip", "displacement.nii.gz"),
+    "warped-image": ("warped", "application/gzip", "warped.nii.gz"),
+    "warped-mask": ("warped_mask", "application/gzip", "warped_mask.nii.gz"),
+    "report": ("report", "application/json", "report.json"),
+    "preview.png": ("preview", "image/png", "preview.png"),
+}
+_ROLE_SEGMENT = {role: segment for segment, (role, _, _) in DOWNLOADS.items()}
+_EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
+MAX_WAIT_S = 60.0
+POLL_S = 0.1
+
+
+class JobNotFound(ApiError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(404, f"no registration with id {job_id!r}; list them with GET {API_V1}/registrations",
+                         "not_found")
+
+
+class BrokerUnavailable(ApiError):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(503, f"the job could not be queued, the broker is unreachable ({type(error).__name__}: "
+                              f"{error}); nothing was kept, try again later", "broker_unavailable")
+
+
+def extension(filename: str | None) -> str:
+    """The upload's extension, kept so the readers' name fallback still works: '.nii.gz', '.zip', ''."""
+    suffixes = [s.lower() for s in Path(filename or "").suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz" and _EXT.match(suffixes[-2]):
+        return suffixes[-2] + suffixes[-1]
+    return suffixes[-1] if suffixes and _EXT.match(suffixes[-1]) else ""
+
+
+def _named(error: ImageError, field: str, stored: Path) -> ImageError:
+    """The same error with the server's path replaced by the form field, e.g. ``moving: ...``."""
+    where = str(stored)
+    path = error.path.replace(where, field) if error.path else field
+    rebuilt = type(error)(error.problem.replace(where, field), path=path, hint=error.hint, **error.details)
+    rebuilt.__cause__ = error
+    return rebuilt
+
+
+def _save(upload: UploadFile, target: Path, max_bytes: int) -> None:
+    upload.file.seek(0)
+    with open(target, "wb") as handle:
+        copy_hashing(upload.file, handle, max_bytes)
+
+
+def _check_inputs(inputs: dict[str, Path], series: dict[str, str | None], frames: dict[str, int | None],
+                  settings: Settings) -> None:
+    """Refuse from the headers what the worker would refuse (raises ``ImageError`` naming the field)."""
+    dims: dict[str, int | None] = {}
+    for role, path in inputs.items():
+        try:
+            header = read_header(path, series=series.get(role))
+            check_header(header, frame=frames.get(role), max_voxels=settings.max_voxels)
+        except ImageError as error:
+            raise _named(error, role, path) from error
+        dims[role] = header.image_ndim
+    if dims["fixed"] != dims["moving"]:
+        raise DimensionMismatchError(f"the fixed image is {dims['fixed']}-D but the moving image is "
+                                     f"{dims['moving']}-D", path="moving")
+    for mask, image in (("moving_mask", "moving"), ("fixed_mask", "fixed")):
+        if mask in dims and dims[mask] != dims[image]:
+            raise DimensionMismatchError(f"the mask is {dims[mask]}-D but its image ({image}) is {dims[image]}-D",
+                                         path=mask, hint="upload the mask that was drawn on this image")
+
+
+def _load(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.kind != JobKind.REGISTRATION:
+        raise JobNotFound(job_id)
+    return job
+
+
+def _public(job: Job, request: Request) -> RegistrationPublic:
+    result = job.result or {}
+    base = f"{API_V1}/registrations/{job.id}"
+    outputs = {}
+    if job.status == JobStatus.SUCCEEDED:
+        for role, entry in (result.get("outputs") or {}).items():
+            if role in _ROLE_SEGMENT:
+                outputs[role] = OutputPublic(file=entry["file"], url=f"{base}/{_ROLE_SEGMENT[role]}",
+                                             sha256=entry["sha256"], size_bytes=entry["size_bytes"])
+    model_info = result.get("model") or {}
+    return RegistrationPublic(
+        id=job.id, status=job.status.value, model=job.params.get("model", ""), model_version=model_info.get("ref"),
+        inputs=sorted((job.params.get("inputs") or {}), key=lambda r: (IMAGE_ROLES + MASK_ROLES).index(r)),
+        progress=job.progress or {}, error=job.error, attempts=job.attempts, created_at=job.created_at,
+        started_at=job.started_at, finished_at=job.finished_at, timings_s=result.get("timings_s"),
+        report=result.get("report"), url=base, outputs=outputs)
+
+
+def _wait(session: Session, job: Job, seconds: float) -> None:
+    """Poll the row (a fresh read each time) until the job finished or ``seconds`` passed."""
+    deadline = time.monotonic() + seconds
+    while not job.status.finished and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        session.commit()  # end the read transaction, so the next read sees the worker's commits
+        session.refresh(job)
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, summary="Upload an image pair and queue its registration",
+             responses={200: {"model": RegistrationPublic, "description": "finished within `wait` seconds"},
+                        202: {"description": "queued; follow the Location header"},
+                        400: {"model": ErrorPublic, "description": "a corrupt or unsafe file"},
+                        503: {"model": ErrorPublic, "description": "the broker is unreachable"}})
+def create_registration(
+    request: Request, response: Response, session: SessionDep, store: StoreDep, settings: SettingsDep,
+    key: RegisterKey,
+    fixed: Annotated[UploadFile, File(description="fixed image: NIfTI, DICOM (file or series zip), MetaImage, "
+                                                  "NRRD")],
+    moving: Annotated[UploadFile, File(description="moving image, warped onto the fixed one")],
+    moving_mask: Annotated[UploadFile | None, File(description="label map on the moving image")] = None,
+    fixed_mask: Annotated[UploadFile | None, File(description="label map on the fixed image (Dice)")] = None,
+    model: Annotated[str | None, Form(description="'name', 'name:3' or 'name@stage'; default: "
+                                                  "ADACS_DEFAULT_MODEL")] = None,
+    fixed_series: Annotated[str | None, Form(description="DICOM SeriesInstanceUID (or prefix)")] = None,
+    moving_series: Annotated[str | None, Form(description="DICOM SeriesInstanceUID (or prefix)")] = None,
+    fixed_frame: Annotated[int | None, Form(ge=0, description="frame of a 4-D fixed image")] = None,
+    moving_frame: Annotated[int | None, Form(ge=0, description="frame of a 4-D moving image")] = None,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the result "
+                                                                  "(small 2-D jobs)")] = 0,
+) -> RegistrationPublic:
+    ref = model or settings.default_model
+    resolve(session, ref)  # an unknown model is a 404 now, not a failed job later
+    uploads = {"fixed": fixed, "moving": moving, "moving_mask": moving_mask, "fixed_mask": fixed_mask}
+    uploads = {role: upload for role, upload in uploads.items() if upload is not None}
+    series = {"fixed": fixed_series or None, "moving": moving_series or None}
+    frames = {"fixed": fixed_frame, "moving": moving_frame}
+    job_id = new_id()
+    folder = store.job_dir(job_id)
+    try:
+        (folder / "inputs").mkdir()
+        inputs = {}
+        for role, upload in uploads.items():
+            inputs[role] = folder / "inputs" / f"{role}{extension(upload.filename)}"
+            _save(upload, inputs[role], settings.max_upload_bytes)
+        _check_inputs(inputs, series, frames, settings)
+        job = Job(id=job_id, kind=JobKind.REGISTRATION, status=JobStatus.QUEUED,
+                  owner_key_id=key.id if key is not None else None,
+                  params={"model": ref, "inputs": {r: f"inputs/{p.name}" for r, p in inputs.items()},
+                          "fixed_series": series["fixed"], "moving_series": series["moving"],
+                          "fixed_frame": frames["fixed"], "moving_frame": frames["moving"]})
+        session.add(job)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _send(session, store, request.state.tasks, job)
+    _wait(session, job, wait)
+    if job.status.finished:
+        response.status_code = status.HTTP_200_OK
+    else:
+        response.headers["Location"] = f"{API_V1}/registrations/{job.id}"
+    return _public(job, request)
+
+
+def _send(session: Session, store: ArtifactStore, tasks: TaskSender, job: Job) -> None:
+    """Send the task; if the broker refuses, take the job back (row and files) and answer 503."""
+    try:
+        tasks.send_registration(job.id)
+    except Exception as error:
+        session.delete(job)
+        session.commit()
+        store.remove_job_dir(job.id)
+        raise BrokerUnavailable(error) from error
+
+
+@router.get("", summary="List registrations, newest first")
+def list_registrations(request: Request, session: SessionDep, _key: CurrentKey,
+                       offset: Annotated[int, Query(ge=0)] = 0,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> RegistrationsPublic:
+    where = Job.kind == JobKind.REGISTRATION
+    jobs = session.scalars(select(Job).where(where).order_by(Job.created_at.desc(), Job.id.desc())
+                           .offset(offset).limit(limit))
+    count = session.scalar(select(func.count(Job.id)).where(where)) or 0
+    return RegistrationsPublic(data=[_public(job, request) for job in jobs], count=count)
+
+
+@router.get("/{job_id}", summary="One registration: status, progress, error, timings and output links")
+def read_registration(job_id: JobId, request: Request, session: SessionDep, _key: CurrentKey) -> RegistrationPublic:
+    return _public(_load(session, job_id), request)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Delete a registration and its files (refused while it runs)")
+def delete_registration(job_id: JobId, session: SessionDep, store: StoreDep, _key: RegisterKey) -> Response:
+    job = _load(session, job_id)
+    if job.status == JobStatus.RUNNING:
+        raise ApiError(409, f"registration {job_id} is running; delete it once it has finished", "job_running")
+    session.delete(job)
+    session.commit()
+    store.remove_job_dir(job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _chunks(store: ArtifactStore, sha: str) -> Iterator[bytes]:
+    with store.open(sha) as source:
+        while chunk := source.read(CHUNK):
+            yield chunk
+
+
+def _output(session: Session, job_id: str, segment: str) -> dict[str, Any]:
+    role, _, file = DOWNLOADS[segment]
+    job = _load(session, job_id)
+    if not job.status.finished:
+        raise ApiError(409, f"registration {job_id} is still {job.status.value}; {file} is there once it has "
+                            "succeeded", "job_not_finished")
+    if job.status != JobStatus.SUCCEEDED:
+        raise ApiError(404, f"registration {job_id} {job.status.value} ({job.error or 'no error recorded'}), so it "
+                            f"has no {file}", "no_output")
+    entry = ((job.result or {}).get("outputs") or {}).get(role)
+    if entry is None:
+        why = " (no moving_mask was uploaded)" if role == "warped_mask" else ""
+        raise ApiError(404, f"registration {job_id} has no {file}{why}", "no_output")
+    return entry
+
+
+def _download_route(segment: str):
+    role, media_type, file = DOWNLOADS[segment]
+
+    def download(job_id: JobId, session: SessionDep, store: StoreDep, _key: CurrentKey) -> StreamingResponse:
+        entry = _output(session, job_id, segment)
+        stream = _chunks(store, entry["sha256"])
+        next_chunk = next(stream, b"")  # opens the object now: a missing one is an error answer, not a cut stream
+        headers = {"Content-Disposition": f'attachment; filename="{file}"', "ETag": f'"{entry["sha256"]}"',
+                   "Content-Length": str(entry["size_bytes"])}
+
+        def body() -> Iterator[bytes]:
+            if next_chunk:
+                yield next_chunk
+            yield from stream
+
+        return StreamingResponse(body(), media_type=media_type, headers=headers)
+
+    download.__name__ = "download_" + segment.removesuffix(".png").replace("-", "_")  # the operation id
+    router.add_api_route(f"/{{job_id}}/{segment}", download, methods=["GET"], response_class=StreamingResponse,
+                         summary=f"Download {file}",
+                         responses={200: {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}},
+                                          "description": file}})
+
+
+for _segment in DOWNLOADS:
+    _download_route(_segment)

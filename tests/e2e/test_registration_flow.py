@@ -1,0 +1,264 @@
+"""End to end: the API (uvicorn in a thread) and a real Celery worker process on real Redis, on
+SQLite and on PostgreSQL. A model is uploaded and promoted over HTTP, image pairs are uploaded, the
+worker registers them, and the downloads equal what ``adacs register`` writes locally with the same
+model and files.
+
+Each run has its own queue, database, data folder and artifact store. Redis must be reachable
+(``ADACS_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/15``); a missing Redis fails, never skips.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import uvicorn
+
+from models.data.synthetic import PhantomConfig, make_phantom_pair
+from service.cli import main as adacs
+from service.core.config import Settings
+from service.db import upgrade_database
+from service.main import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_ENV, REDIS_DEFAULT = "ADACS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
+TIMEOUT_S = 90
+MODEL = "e2e"
+ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
+DICOM_UID = "1.2.826.0.1.3680043.2.1125.1.77"
+
+
+class Server:
+    """uvicorn serving ``app`` on a free port of 127.0.0.1, in a daemon thread."""
+
+    def __init__(self, app) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.socket.getsockname()[1]}", timeout=60)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.socket.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    import redis
+
+    url = os.environ.get(REDIS_ENV, REDIS_DEFAULT)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as error:
+        problem = str(error)
+    else:
+        return url
+    pytest.fail(f"Redis is unreachable at {url}: {problem}\nStart it (bash .ci/services) or point {REDIS_ENV} "
+                "at one.", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny 2-D VoxelMorph whose flow head moves the mask visibly (a fresh one is near the identity)."""
+    import torch
+
+    from models.artifact import save_artifact
+    from models.intensity import IntensityConfig
+    from models.networks.estimator import EstimatorConfig, build_estimator
+
+    torch.manual_seed(0)
+    config = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4))
+    estimator = build_estimator(config)
+    with torch.no_grad():
+        estimator.flow.weight.normal_(0.0, 0.3)
+        estimator.flow.bias.copy_(torch.tensor([1.0, -0.75]))
+    return save_artifact(tmp_path_factory.mktemp("model") / MODEL, estimator, config, IntensityConfig(),
+                         {"method": "adacs", "data": "none: random weights for tests"}, train_shape=(32, 32),
+                         train_spacing_mm=(1.5, 1.5))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> dict[str, Path]:
+    """A 32×32 phantom pair with masks as NIfTI, on an oblique, anisotropic grid."""
+    phantom = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
+    folder, paths = tmp_path_factory.mktemp("pair"), {}
+    for role in ROLES:
+        image = sitk.GetImageFromArray(getattr(phantom, role))
+        image.SetSpacing((1.5, 1.2))
+        image.SetOrigin((4.0, -2.0))
+        image.SetDirection((0.0, 1.0, -1.0, 0.0))
+        paths[role] = folder / f"{role}.nii.gz"
+        sitk.WriteImage(image, str(paths[role]))
+    return paths
+
+
+def write_dicom_series_zip(volume: np.ndarray, spacing, path: Path) -> Path:
+    """One series, one file per slice, zipped in a folder as a PACS export is."""
+    folder = path.parent / "series"
+    folder.mkdir()
+    image = sitk.GetImageFromArray(volume.astype(np.int16))
+    image.SetSpacing(spacing)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(volume.shape[0]):
+        slice_ = image[:, :, z]
+        position = "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))
+        for tag, value in (("0020|000e", DICOM_UID), ("0008|0060", "MR"), ("0020|0013", str(z + 1)),
+                           ("0020|0032", position), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0028|0030", f"{spacing[1]}\\{spacing[0]}"), ("0018|0050", str(spacing[2]))):
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(slice_)
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, f"series0/{file.name}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dicom_pair(tmp_path_factory) -> dict[str, Path]:
+    """A 3-slice volume: the fixed as NIfTI, the moving (shifted) as a DICOM series zip."""
+    folder, rng = tmp_path_factory.mktemp("dicom"), np.random.default_rng(1)
+    volume = (rng.random((3, 32, 32)) * 1000).astype(np.int16)
+    fixed = sitk.GetImageFromArray(volume.astype(np.float32))
+    fixed.SetSpacing((1.0, 1.0, 4.0))
+    sitk.WriteImage(fixed, str(folder / "fixed.nii.gz"))
+    moving = write_dicom_series_zip(np.roll(volume, 2, axis=2), (1.0, 1.0, 4.0), folder / "moving.zip")
+    return {"fixed": folder / "fixed.nii.gz", "moving": moving}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, redis_url, model_dir, tmp_path_factory) -> Iterator[tuple[Server, Path]]:
+    """The API and one worker on a queue of their own; the tiny model registered and promoted over HTTP."""
+    import redis
+
+    data = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    url = (f"sqlite:///{data / 'adacs.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres_database")())
+    upgrade_database(url)
+    queue = f"inference-e2e-{secrets.token_hex(6)}"
+    settings = Settings(data_dir=data / "data", database_url=url, broker_url=redis_url, default_model=MODEL)
+    log = data / "worker.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")} | {
+        "ADACS_DATA_DIR": str(settings.data_dir), "ADACS_DATABASE_URL": url, "ADACS_BROKER_URL": redis_url,
+        "ADACS_ARTIFACT_DIR": str(settings.artifact_dir), "ADACS_HEARTBEAT_INTERVAL_S": "0.5"}
+    command = [sys.executable, "-m", "celery", "--app", "worker.celery_app:app", "worker", "--queues", queue,
+               "--pool", "solo", "--concurrency", "1", "--hostname", f"{queue}@%h", "--loglevel", "INFO",
+               "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    with open(log, "wb") as handle:
+        worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        with Server(create_app(settings, inference_queue=queue)) as server:
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as archive:
+                for file in sorted(model_dir.iterdir()):
+                    archive.write(file, file.name)
+            response = server.client.post("/v1/models", data={"name": MODEL},
+                                          files={"file": ("model.zip", buffer.getvalue())})
+            assert response.status_code == 201, response.text
+            response = server.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
+            assert response.status_code == 200, response.text
+            server.worker, server.log = worker, log
+            yield server
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        redis.Redis.from_url(redis_url).delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+
+def wait_for(server: Server, job_id: str) -> dict:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and server.worker.poll() is None:
+        job = server.client.get(f"/v1/registrations/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    state = "exited" if server.worker.poll() is not None else f"still {job['status']} after {TIMEOUT_S} s"
+    pytest.fail(f"worker {state}; its log:\n{server.log.read_text()[-4000:]}", pytrace=False)
+
+
+def download(server: Server, job_id: str, segment: str, target: Path) -> np.ndarray:
+    response = server.client.get(f"/v1/registrations/{job_id}/{segment}")
+    assert response.status_code == 200, response.text
+    target.write_bytes(response.content)
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(target)))
+
+
+def local_register(model_dir: Path, out: Path, **files: Path) -> Path:
+    argv = ["register", "--model", str(model_dir), "--out", str(out), "--device", "cpu"]
+    for role, path in files.items():
+        argv += [f"--{role.replace('_', '-')}", str(path)]
+    assert adacs(argv) == 0
+    return out
+
+
+def read(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, pair, model_dir, tmp_path):
+    files = {role: (path.name, path.read_bytes()) for role, path in pair.items()}
+    response = stack.client.post("/v1/registrations", files=files)
+    assert response.status_code == 202, response.text
+    job = wait_for(stack, response.json()["id"])
+    assert job["status"] == "succeeded", f"{job['error']}\n{stack.log.read_text()[-4000:]}"
+    assert set(job["outputs"]) == {"displacement", "warped", "warped_mask", "report", "preview"}
+    assert job["model_version"] == f"{MODEL}:1" and "dice" in job["report"] and job["timings_s"]["total"] > 0
+
+    local = local_register(model_dir, tmp_path / "local", **pair)
+    warped_mask = download(stack, job["id"], "warped-mask", tmp_path / "warped_mask.nii.gz")
+    expected = read(local / "warped_mask.nii.gz")
+    assert np.array_equal(warped_mask, expected)
+    assert not np.array_equal(warped_mask, read(pair["moving_mask"]))  # the model moved it
+    displacement = download(stack, job["id"], "displacement", tmp_path / "displacement.nii.gz")
+    np.testing.assert_allclose(displacement, read(local / "displacement.nii.gz"), atol=1e-5)
+    preview = stack.client.get(f"/v1/registrations/{job['id']}/preview.png")
+    assert preview.headers["content-type"] == "image/png" and preview.content.startswith(b"\x89PNG")
+
+
+def test_a_dicom_series_zip_as_moving_finishes_within_wait(stack, dicom_pair, model_dir, tmp_path):
+    files = {role: (path.name, path.read_bytes()) for role, path in dicom_pair.items()}
+    response = stack.client.post("/v1/registrations", files=files, params={"wait": 60})
+    assert response.status_code == 200, response.text  # the worker is warm: the small job ends in the wait
+    job = response.json()
+    assert job["status"] == "succeeded", f"{job['error']}\n{stack.log.read_text()[-4000:]}"
+    assert job["inputs"] == ["fixed", "moving"] and "warped_mask" not in job["outputs"]
+    missing = stack.client.get(f"/v1/registrations/{job['id']}/warped-mask")
+    assert missing.status_code == 404 and "no moving_mask" in missing.json()["detail"]
+
+    local = local_register(model_dir, tmp_path / "local", **dicom_pair)
+    warped = download(stack, job["id"], "warped-image", tmp_path / "warped.nii.gz")
+    assert warped.shape == (3, 32, 32)
+    np.testing.assert_allclose(warped, read(local / "warped.nii.gz"), atol=1e-4)
+    displacement = download(stack, job["id"], "displacement", tmp_path / "displacement.nii.gz")
+    np.testing.assert_allclose(displacement, read(local / "displacement.nii.gz"), atol=1e-5)
+    assert stack.client.delete(f"/v1/registrations/{job['id']}").status_code == 204
