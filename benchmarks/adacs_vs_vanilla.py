@@ -162,7 +162,7 @@ def main(argv=None) -> int:
               "mask bilinearly and counts every value above 0.", ""]
     text = "\n".join(header + sections)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    args.out.write_text(text, encoding="utf-8")
     print(text)
     print(json.dumps({"benchmark": "adacs_vs_vanilla", "summary": summary}))
     return 0

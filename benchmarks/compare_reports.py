@@ -51,14 +51,14 @@ def main(argv=None) -> int:
     p.add_argument("--title", default="Comparison of two evaluation reports")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    a, b = json.loads(args.a.read_text()), json.loads(args.b.read_text())
+    a, b = json.loads(args.a.read_text(encoding="utf-8")), json.loads(args.b.read_text(encoding="utf-8"))
     command = "python benchmarks/compare_reports.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     text = "\n".join([f"# {args.title}", "", f"Command: `{command}`", "",
                       f"- {args.names[0]}: `{args.a}`", f"- {args.names[1]}: `{args.b}`", "",
                       *compare(a, b, tuple(args.names)), ""])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        args.out.write_text(text, encoding="utf-8")
     print(text)
     return 0
 

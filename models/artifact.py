@@ -34,7 +34,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file and rename it over ``path``: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
     os.replace(tmp, path)
@@ -86,7 +86,7 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     for name in (CONFIG, WEIGHTS):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a model artifact: {name} is missing")
-    meta = json.loads((directory / CONFIG).read_text())
+    meta = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
     if meta.get("format") != ARTIFACT_FORMAT:
         raise ValueError(f"{directory}: artifact format {meta.get('format')!r}, expected {ARTIFACT_FORMAT}")
     config = EstimatorConfig.from_dict(meta["estimator"])
@@ -94,7 +94,7 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
     estimator.load_state_dict(load_file(directory / WEIGHTS, device="cpu"), strict=True)
     estimator.to(device).eval()
     card_path = directory / CARD
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
     shape = tuple(meta["train_shape"]) if meta.get("train_shape") else None
     spacing = tuple(meta["train_spacing_mm"]) if meta.get("train_spacing_mm") else None
     return LoadedModel(estimator, config, IntensityConfig(**meta["intensity"]), shape, card, spacing)

@@ -74,7 +74,7 @@ def make_patient(data_dir: Path, number: int, storage: str, slices: Slices) -> N
 def write_lists(root: Path, train: list[int], val: list[int]) -> None:
     for list_name, numbers in (("train.list", train), ("val.list", val)):
         lines = [f"patient{n:03d}_frame0{f}" for n in numbers for f in (1, 2)]
-        (root / list_name).write_text("\n".join(lines) + "\n")
+        (root / list_name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def make_mixed(root: Path) -> Path:
@@ -300,7 +300,7 @@ def test_missing_folder_and_no_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_acdc_h5(tmp_path / "nowhere")
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "notes.h5").write_text("not acdc")
+    (tmp_path / "data" / "notes.h5").write_text("not acdc", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match=r"no ACDC HDF5 files .* found in .*data"):
         load_acdc_h5(tmp_path)
 

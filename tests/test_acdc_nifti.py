@@ -50,7 +50,7 @@ def make_patient(
     patient.mkdir(parents=True)
     if info is None:
         info = f"ED: {ED_FRAME}\nES: {ES_FRAME}\nGroup: DCM\nHeight: 184.0\nNbFrame: 30\nWeight: 95.0\n"
-    (patient / "Info.cfg").write_text(info)
+    (patient / "Info.cfg").write_text(info, encoding="utf-8")
     ed_labels = _labels(9, (1, 2, 3)) if ed_labels is None else ed_labels
     es_labels = _labels(7, (1, 2)) if es_labels is None else es_labels
     for frame, labels, value in ((ED_FRAME, ed_labels, ED_VALUE), (ES_FRAME, es_labels, ES_VALUE)):

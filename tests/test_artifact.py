@@ -28,7 +28,7 @@ def test_artifact_files_and_card(trained):
     out, result = trained
     model_dir = out / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == ["card.json", "config.json", "model.safetensors"]
-    card = json.loads((model_dir / "card.json").read_text())
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
     assert card["architecture"] == "voxelmorph" and card["method"] == "adacs"
     assert card["hyperparameters"]["alpha"] == 0.02 and card["data"]["train"] == {"kind": "synthetic"}
     assert "val_dice" in card["validation"] and "Research use only" in card["intended_use"]

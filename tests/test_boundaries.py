@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_models_never_import_service_or_worker():
     offenders = []
     for path in (ROOT / "models").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("service", "worker")]

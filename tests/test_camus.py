@@ -43,7 +43,8 @@ def make_patient(folder: Path, number: int, extension: str = ".mhd", gt: bool = 
     patient = folder / name
     patient.mkdir(parents=True)
     for view in views:
-        (patient / f"Info_{view}.cfg").write_text("ED: 1\nES: 14\nNbFrame: 20\nSex: F\nAge: 60\nImageQuality: Good\n")
+        (patient / f"Info_{view}.cfg").write_text("ED: 1\nES: 14\nNbFrame: 20\nSex: F\nAge: 60\nImageQuality: Good\n",
+                                                  encoding="utf-8")
         for frame, value, labels in (("ED", ED_VALUE, _labels()), ("ES", ES_VALUE, _labels(shift=4))):
             image = (value + LABEL_BOOST * labels).astype(np.uint8)
             _write(image, patient / f"{name}_{view}_{frame}{extension}")
@@ -179,12 +180,12 @@ def test_splits(tmp_path):
     # the official lists win when present; patients no list names are only in "all"
     lists = flat / "database_split"
     lists.mkdir()
-    (lists / "subgroup_training.txt").write_text("patient0451\npatient0001\n")
-    (lists / "subgroup_validation.txt").write_text("patient0002\n")
-    (lists / "subgroup_testing.txt").write_text("patient0003\n")
+    (lists / "subgroup_training.txt").write_text("patient0451\npatient0001\n", encoding="utf-8")
+    (lists / "subgroup_validation.txt").write_text("patient0002\n", encoding="utf-8")
+    (lists / "subgroup_testing.txt").write_text("patient0003\n", encoding="utf-8")
     assert [_subjects(flat, s) for s in ("train", "val", "test")] == [
         ["patient0001", "patient0451"], ["patient0002"], ["patient0003"]]
-    (lists / "subgroup_testing.txt").write_text("patient0002\n")
+    (lists / "subgroup_testing.txt").write_text("patient0002\n", encoding="utf-8")
     with pytest.raises(ValueError, match="patient0002 are in both .*subgroup_validation.txt"):
         _subjects(flat, "test")
 

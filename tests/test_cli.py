@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory):
 def test_train_writes_model_checkpoints_history(run_dir, capsys):
     assert (run_dir / "model" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "last.pt").is_file()
-    history = json.loads((run_dir / "history.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
     assert [e["phase"] for e in history["epochs"]] == ["warmup-displacement", "warmup-scoring", "alternating"]
     assert all("val_dice" in e for e in history["epochs"])  # a validation set is derived for phantoms
 
@@ -36,9 +36,9 @@ def test_train_writes_model_checkpoints_history(run_dir, capsys):
 def test_train_resumes_when_rerun_with_the_same_out(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_args(out, epochs=1)) == 0
-    first = json.loads((out / "history.json").read_text())["epochs"]
+    first = json.loads((out / "history.json").read_text(encoding="utf-8"))["epochs"]
     assert main(train_args(out, epochs=2)) == 0
-    second = json.loads((out / "history.json").read_text())["epochs"]
+    second = json.loads((out / "history.json").read_text(encoding="utf-8"))["epochs"]
     assert len(second) == 4 and second[:3] == first
     err = capsys.readouterr().err
     assert "upd" in err and "ep 4/4 alternating" in err  # the progress bar, resumed at the 4th epoch
@@ -48,7 +48,7 @@ def test_evaluate_report(run_dir, tmp_path):
     report_path = tmp_path / "report.json"
     assert main(["evaluate", "--model", str(run_dir / "model"), "--data", "synthetic:size=32,n=3,seed=7",
                  "--out", str(report_path)]) == 0
-    report = json.loads(report_path.read_text())
+    report = json.loads(report_path.read_text(encoding="utf-8"))
     for key in ("n_pairs", "dsc_mean", "dsc_std", "hd_mean", "asd_mean", "folding_pct_mean"):
         assert key in report["summary"]
     assert report["summary"]["n_pairs"] == 3 and len(report["pairs"]) == 3
@@ -85,7 +85,7 @@ def test_register_2d_outputs_keep_fixed_geometry_and_labels(run_dir, tmp_path):
     assert field.GetNumberOfComponentsPerPixel() == 2
     labels = sitk.GetArrayFromImage(mask)
     assert labels.dtype == pair.moving_mask.dtype and set(np.unique(labels)) <= {0, 1, 2}
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert {"predict_s", "total_s", "folding_pct", "dice", "model_load_s"} <= set(report)
     assert set(report["dice"]) == set(report["dice_before"]) == {"1", "2"}
     # ITK applies our field to the moving image and gets our warped image (the file's convention).
@@ -195,6 +195,6 @@ def test_register_reads_every_format_for_images_and_masks(run_dir, tmp_path, for
     assert main(["register", "--model", str(run_dir / "model"), *sum(([f"--{n.replace('_', '-')}", str(p)]
                                                                       for n, p in paths.items()), []),
                  "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["dice"]) == {"1", "2"}
     assert sitk.ReadImage(str(out / "warped_mask.nii.gz")).GetPixelID() == sitk.sitkUInt8

@@ -184,13 +184,13 @@ def corrupt_gzip_stream(tmp):
 
 @case(NotAnImageError, "text file")
 def text_file_named_nii(tmp):
-    (tmp / "notes.nii").write_text("Patient 12, see attached images.\n")
+    (tmp / "notes.nii").write_text("Patient 12, see attached images.\n", encoding="utf-8")
     return tmp / "notes.nii"
 
 
 @case(NotAnImageError, "text file.*'id,age")
 def csv_file(tmp):
-    (tmp / "table.csv").write_text("id,age\n1,40\n")
+    (tmp / "table.csv").write_text("id,age\n1,40\n", encoding="utf-8")
     return tmp / "table.csv"
 
 
@@ -452,7 +452,8 @@ def truncated_gzip_nrrd(tmp):
 
 @case(UnreadableImageError, "no ElementDataFile line")
 def metaimage_header_without_data_line(tmp):
-    (tmp / "vol.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 16 12 5\nElementType = MET_FLOAT\n")
+    (tmp / "vol.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 16 12 5\nElementType = MET_FLOAT\n",
+                                 encoding="utf-8")
     return tmp / "vol.mhd"
 
 
@@ -695,7 +696,7 @@ def test_lying_member_size_is_stopped_and_nothing_is_left(tmp_path):
 def test_failing_extraction_leaves_nothing(tmp_path, maker):
     dest = tmp_path / "dest"
     dest.mkdir()
-    (dest / "keep.txt").write_text("untouched")
+    (dest / "keep.txt").write_text("untouched", encoding="utf-8")
     with pytest.raises(HostileArchiveError):
         extract_zip(maker(tmp_path), dest)
     assert [p.name for p in dest.iterdir()] == ["keep.txt"]

@@ -335,7 +335,7 @@ def test_series_ignores_non_image_dicom_and_junk(tmp_path):
     array = volume()
     write_dicom_series(tmp_path / "s", array)
     shutil.copy(PYDICOM_DATA / "test-SR.dcm", tmp_path / "s" / "report.dcm")
-    (tmp_path / "s" / "README.txt").write_text("exported by PACS")
+    (tmp_path / "s" / "README.txt").write_text("exported by PACS", encoding="utf-8")
     (tmp_path / "s" / ".DS_Store").write_bytes(b"\x00\x01junk")
     np.testing.assert_array_equal(read_image(tmp_path / "s").array, array)
 
@@ -467,7 +467,7 @@ def test_extract_zip_layout(tmp_path):
         zf.writestr("top.bin", b"\x00" * 10)
     out = extract_zip(tmp_path / "nested.zip", tmp_path / "dest")
     assert out == tmp_path / "dest" / "nested"
-    assert (out / "a" / "b" / "c.txt").read_text() == "hello" and (out / "top.bin").stat().st_size == 10
+    assert (out / "a" / "b" / "c.txt").read_text(encoding="utf-8") == "hello" and (out / "top.bin").stat().st_size == 10
     again = extract_zip((tmp_path / "nested.zip").read_bytes(), tmp_path / "dest", name="nested.zip")
     assert again == tmp_path / "dest" / "nested-1" and sorted(p.name for p in (tmp_path / "dest").iterdir()) == [
         "nested", "nested-1"]

@@ -58,7 +58,7 @@ def make_images(folder: Path) -> dict[str, Path]:
 
 def write_csv(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -209,7 +209,7 @@ def test_file_errors(tmp_path, images):
     assert isinstance(caught.value.__cause__, UnreadableImageError)  # the reader's error, chained
     assert caught.value.code == "unreadable_image" and caught.value.hint == caught.value.__cause__.hint
 
-    (tmp_path / "notes.nrrd").write_text("just some notes\n")
+    (tmp_path / "notes.nrrd").write_text("just some notes\n", encoding="utf-8")
     csv_path = write_csv(tmp_path / "pairs.csv",
                          "fixed,moving,fixed_mask\nimages/fixed.nii.gz,images/moving.mha,notes.nrrd\n")
     with pytest.raises(NotAnImageError, match=r"row 2: fixed_mask .*notes.nrrd: is a text file"):

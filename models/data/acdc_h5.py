@@ -155,7 +155,7 @@ def _scan(data_dir: Path) -> list[_Patient]:
 
 def _read_list(path: Path) -> set[str]:
     names: set[str] = set()
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         match = _LIST_RE.match(line)
         if match:
             names.add(match.group(1))

@@ -8,6 +8,7 @@ upgrade: an advisory lock on PostgreSQL, the database write lock on SQLite.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import OperationalError
 
 from service.db.engine import make_engine
 
@@ -23,6 +25,7 @@ __all__ = ["MIGRATIONS_DIR", "alembic_config", "upgrade_database", "current_revi
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_LOCK_KEY = 0x41444143  # "ADAC": any constant shared by every process of this service
+_SQLITE_LOCK_RETRIES = 10
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -57,18 +60,27 @@ def _check_foreign_keys(connection: Connection) -> None:
 def upgrade_database(url: str | URL, revision: str = "head") -> str | None:
     """Migrate the database at ``url`` to ``revision`` (default: the newest) and return where it is.
 
-    Safe to call at every start: at head it does nothing.
+    Safe to call at every start: at head it does nothing. On a brand-new SQLite file, processes
+    starting together can meet SQLite's "database is locked" outside the busy handler (switching
+    the file to WAL takes an exclusive lock that is not retried), so that one error is retried a
+    few times; anything else is raised at once.
     """
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            _lock(connection)
-            command.upgrade(alembic_config(connection), revision)
-            _check_foreign_keys(connection)
-            connection.commit()
-            return MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
+    for attempt in range(_SQLITE_LOCK_RETRIES + 1):
+        engine = make_engine(url)
+        try:
+            with engine.connect() as connection:
+                _lock(connection)
+                command.upgrade(alembic_config(connection), revision)
+                _check_foreign_keys(connection)
+                connection.commit()
+                return MigrationContext.configure(connection).get_current_revision()
+        except OperationalError as error:
+            if engine.dialect.name != "sqlite" or "locked" not in str(error) or attempt == _SQLITE_LOCK_RETRIES:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+        finally:
+            engine.dispose()
+    raise AssertionError("unreachable")
 
 
 def current_revision(url: str | URL) -> str | None:

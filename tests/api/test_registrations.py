@@ -165,7 +165,7 @@ def test_a_valid_upload_is_202_with_a_queued_row_inputs_on_disk_and_one_message(
     inputs = LocalArtifactStore(server.settings.artifact_dir).job_dir(job_id) / "inputs"
     for role in ("fixed", "moving", "moving_mask", "fixed_mask"):
         assert (inputs / f"{role}.nii.gz").read_bytes() == images[role]
-    sent = [json.loads(p.read_text()) for p in messages(server)]
+    sent = [json.loads(p.read_text(encoding="utf-8")) for p in messages(server)]
     ours = [m for m in sent if m["headers"]["id"] and json.loads(base64.b64decode(m["body"]))[0] == [job_id]]
     assert len(ours) == 1
     assert ours[0]["headers"]["task"] == "adacs.registration.run"

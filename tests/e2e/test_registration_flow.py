@@ -67,6 +67,11 @@ class Server:
         self.socket.close()
 
 
+def tail(log, chars: int = 4000) -> str:
+    """The end of a worker log (UTF-8 whatever the locale: native libraries may reset it)."""
+    return log.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+
 @pytest.fixture(scope="module")
 def redis_url() -> str:
     import redis
@@ -203,7 +208,7 @@ def wait_for(server: Server, job_id: str) -> dict:
             return job
         time.sleep(0.2)
     state = "exited" if server.worker.poll() is not None else f"still {job['status']} after {TIMEOUT_S} s"
-    pytest.fail(f"worker {state}; its log:\n{server.log.read_text()[-4000:]}", pytrace=False)
+    pytest.fail(f"worker {state}; its log:\n{tail(server.log)}", pytrace=False)
 
 
 def download(server: Server, job_id: str, segment: str, target: Path) -> np.ndarray:
@@ -230,7 +235,7 @@ def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, pai
     response = stack.client.post("/v1/registrations", files=files)
     assert response.status_code == 202, response.text
     job = wait_for(stack, response.json()["id"])
-    assert job["status"] == "succeeded", f"{job['error']}\n{stack.log.read_text()[-4000:]}"
+    assert job["status"] == "succeeded", f"{job['error']}\n{tail(stack.log)}"
     assert set(job["outputs"]) == {"displacement", "warped", "warped_mask", "report", "preview"}
     assert job["model_version"] == f"{MODEL}:1" and "dice" in job["report"] and job["timings_s"]["total"] > 0
 
@@ -250,7 +255,7 @@ def test_a_dicom_series_zip_as_moving_finishes_within_wait(stack, dicom_pair, mo
     response = stack.client.post("/v1/registrations", files=files, params={"wait": 60})
     assert response.status_code == 200, response.text  # the worker is warm: the small job ends in the wait
     job = response.json()
-    assert job["status"] == "succeeded", f"{job['error']}\n{stack.log.read_text()[-4000:]}"
+    assert job["status"] == "succeeded", f"{job['error']}\n{tail(stack.log)}"
     assert job["inputs"] == ["fixed", "moving"] and "warped_mask" not in job["outputs"]
     missing = stack.client.get(f"/v1/registrations/{job['id']}/warped-mask")
     assert missing.status_code == 404 and "no moving_mask" in missing.json()["detail"]

@@ -98,8 +98,8 @@ def make_artifact(tmp_path: Path) -> Callable[..., Path]:
                   metadata={"format": "1", "arch": "voxelmorph"} if metadata is None else metadata)
         config = config or {"format": 1, "estimator": {"arch": "voxelmorph", "ndim": 2, "enc": [4], "dec": [4],
                                                        "int_steps": 7, "int_downsize": 2, "options": {}}}
-        (directory / "config.json").write_text(json.dumps(config))
-        (directory / "card.json").write_text(json.dumps(card or {"method": "adacs", "seed": seed}))
+        (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        (directory / "card.json").write_text(json.dumps(card or {"method": "adacs", "seed": seed}), encoding="utf-8")
         return directory
 
     return make

@@ -61,7 +61,7 @@ def test_unknown_and_malformed_addresses(store):
 def test_directories_are_addressed_by_a_canonical_manifest(store, tmp_path):
     for name in ("a", "b"):
         (tmp_path / name / "sub").mkdir(parents=True)
-        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "config.json").write_text("{}", encoding="utf-8")
         (tmp_path / name / "sub" / "w.bin").write_bytes(b"\x00\x01")
     first = store.put_dir(tmp_path / "a")
     assert store.put_dir(tmp_path / "b") == first  # same content, other place and time
@@ -69,7 +69,7 @@ def test_directories_are_addressed_by_a_canonical_manifest(store, tmp_path):
                                           "sub/w.bin": (hashlib.sha256(b"\x00\x01").hexdigest(), 2)}
     checkout = store.checkout_dir(first)
     assert (checkout / "sub" / "w.bin").read_bytes() == b"\x00\x01" and store.checkout_dir(first) == checkout
-    (tmp_path / "b" / "config.json").write_text('{"x": 1}')
+    (tmp_path / "b" / "config.json").write_text('{"x": 1}', encoding="utf-8")
     assert store.put_dir(tmp_path / "b") != first
     with pytest.raises(ValueError, match="not a directory manifest"):
         store.read_manifest(store.put_bytes(b"plain"))
@@ -99,7 +99,8 @@ def test_job_dirs_and_atomic_writes(store):
     with pytest.raises(RuntimeError), atomic_write(job / "report.json", "w") as handle:
         handle.write("half")
         raise RuntimeError("worker died")
-    assert (job / "report.json").read_text() == "complete" and [p.name for p in job.iterdir()] == ["report.json"]
+    assert (job / "report.json").read_text(encoding="utf-8") == "complete"
+    assert [p.name for p in job.iterdir()] == ["report.json"]
     store.remove_job_dir("3f2a-b")
     assert not job.exists()
 

@@ -55,10 +55,10 @@ def test_missing_files_and_bad_json(make_artifact, tmp_path):
     (directory / "card.json").unlink()
     with pytest.raises(InvalidArtifact, match=r"lacks \['card.json'\]"):
         check_artifact_dir(directory)
-    (directory / "card.json").write_text("[1, 2]")
+    (directory / "card.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(InvalidArtifact, match="card.json must hold a JSON object, not list"):
         check_artifact_dir(directory)
-    (directory / "card.json").write_text("{")
+    (directory / "card.json").write_text("{", encoding="utf-8")
     with pytest.raises(InvalidArtifact, match="card.json is not valid JSON"):
         check_artifact_dir(directory)
     with pytest.raises(InvalidArtifact, match="artifact format 2, expected 1"):
@@ -102,4 +102,4 @@ def test_links_are_refused(make_artifact, tmp_path):
     (directory / "card.json").symlink_to(tmp_path / "card.json")
     with pytest.raises(InvalidArtifact, match="must be a regular file"):
         check_artifact_dir(directory)
-    assert json.loads((tmp_path / "card.json").read_text())["method"] == "adacs"
+    assert json.loads((tmp_path / "card.json").read_text(encoding="utf-8"))["method"] == "adacs"

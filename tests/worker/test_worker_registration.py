@@ -51,7 +51,7 @@ def test_a_job_succeeds_with_the_files_adacs_register_writes(settings, register_
         assert output["key"] == store.key_of(output["sha256"])
         assert store.path_of(output["sha256"]).read_bytes() == (outputs_dir / output["file"]).read_bytes()
     assert (outputs_dir / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = json.loads((outputs_dir / "report.json").read_text())
+    report = json.loads((outputs_dir / "report.json").read_text(encoding="utf-8"))
     assert report == result["report"] and report["model"] == "tiny:1"
     assert set(report["dice"]) == {"1", "2"} and 0.0 <= report["folding_pct"] <= 100.0
 
@@ -63,7 +63,7 @@ def test_a_job_succeeds_with_the_files_adacs_register_writes(settings, register_
     for name in ("displacement.nii.gz", "warped.nii.gz", "warped_mask.nii.gz"):
         ours, theirs = read_array(outputs_dir / name), read_array(cli_out / name)
         assert ours.dtype == theirs.dtype and ours.tobytes() == theirs.tobytes(), name
-    cli_report = json.loads((cli_out / "report.json").read_text())
+    cli_report = json.loads((cli_out / "report.json").read_text(encoding="utf-8"))
     assert report["dice"] == cli_report["dice"] and report["folding_pct"] == cli_report["folding_pct"]
     # The tiny model moves the mask: equality above is not two identity warps agreeing.
     assert not np.array_equal(read_array(outputs_dir / "warped_mask.nii.gz"), read_array(image_pair["moving_mask"]))
