@@ -11,6 +11,7 @@ identity. Arrays are in NumPy (reversed ITK) axis order throughout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,7 +49,20 @@ def plan_model_grid(shape: Sequence[int], spacing_mm: Sequence[float] | None, mo
         window = model_shape
     else:
         window = tuple(max(2, round(m * ms / s)) for m, ms, s in zip(model_shape, model_spacing_mm, spacing_mm))
-    return ModelGrid(tuple(float(c) for c in center), window, model_shape)
+    return ModelGrid(tuple(_keep_inside(c, w, n) for c, w, n in zip(center, window, shape)), window, model_shape)
+
+
+def _keep_inside(center: float, window: int, size: int) -> float:
+    """Move the window's centre so the window covers as much image and as little padding as it can.
+
+    An image that fits in the window is centred in it (no image voxel lost); otherwise the window
+    stays on the region of interest but is shifted to lie inside the image. Zero padding the model
+    never saw in training would also skew the per-window intensity normalisation.
+    """
+    if window >= size:
+        return (size - 1) / 2
+    start = min(max(math.floor(center + 0.5) - window // 2, 0), size - window)
+    return float(start + window // 2)
 
 
 def to_model_grid(arrays: np.ndarray, grid: ModelGrid) -> torch.Tensor:

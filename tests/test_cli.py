@@ -198,3 +198,11 @@ def test_register_reads_every_format_for_images_and_masks(run_dir, tmp_path, for
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["dice"]) == {"1", "2"}
     assert sitk.ReadImage(str(out / "warped_mask.nii.gz")).GetPixelID() == sitk.sitkUInt8
+
+
+def test_the_readme_demo_registers_a_pair_clearly_better_than_no_registration(tmp_path):
+    """The README's run command, end to end: an accuracy floor on the myocardium (label 2)."""
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "registration" / "report.json").read_text(encoding="utf-8"))
+    assert report["dice"]["2"] > report["dice_before"]["2"] + 20, report
+    assert report["folding_pct"] < 1.0

@@ -10,13 +10,26 @@ from models.model_grid import field_to_native, plan_model_grid, to_model_grid
 
 def test_plan_without_spacing_uses_model_voxels_and_image_centre():
     grid = plan_model_grid((50, 40), None, (32, 32), None, None)
-    assert grid.window == (32, 32) and grid.center == (24.5, 19.5)
+    assert grid.window == (32, 32) and grid.center == (25.0, 20.0)  # windows start on whole voxels
 
 
 def test_plan_matches_the_physical_field_of_view():
     # Model trained on 1.5 mm pixels; this image has 0.75 mm x 3 mm pixels: window of 64 x 16 voxels.
     grid = plan_model_grid((100, 30), (0.75, 3.0), (32, 32), (1.5, 1.5), (50.0, 15.0))
     assert grid.window == (64, 16) and grid.center == (50.0, 15.0)
+
+
+def test_an_image_that_fits_is_centred_whatever_the_region():
+    # The region's centre is ignored when the whole image fits: no voxel is lost, no shift added.
+    grid = plan_model_grid((40, 30), None, (64, 64), None, (5.0, 25.0))
+    assert grid.center == (19.5, 14.5)
+
+
+def test_the_window_is_pulled_inside_the_image_near_an_edge():
+    grid = plan_model_grid((100, 100), None, (32, 32), None, (3.0, 97.0))
+    assert grid.center == (16.0, 84.0)  # covers rows 0-31 and columns 68-99: no padding
+    window = to_model_grid(np.ones((1, 100, 100), np.float32), grid)
+    assert torch.all(window == 1.0)
 
 
 def test_plan_without_model_shape_takes_the_whole_grid():
