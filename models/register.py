@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,8 +52,11 @@ def _center(moving_mask: np.ndarray | None, slicewise: bool) -> tuple[float, ...
     return centroid[1:] if slicewise else centroid
 
 
+Progress = Callable[[Iterable, int], Iterable]
+
+
 def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_mm: tuple[float, ...],
-             center: tuple[float, ...] | None, batch_size: int) -> np.ndarray:
+             center: tuple[float, ...] | None, batch_size: int, progress: Progress | None = None) -> np.ndarray:
     """Voxel displacement ``(fixed.ndim, *fixed.shape)`` on the native grid."""
     slicewise = model.ndim == 2 and fixed.ndim == 3
     if model.ndim != fixed.ndim and not slicewise:
@@ -69,8 +73,11 @@ def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_
     f_model, m_model = norm(to_model_grid(planes_f, grid)), norm(to_model_grid(planes_m, grid))
     device = next(model.estimator.parameters()).device
     chunks = []
+    starts: Iterable = range(0, f_model.shape[0], batch_size)
+    if progress is not None:
+        starts = progress(starts, len(starts))
     with torch.no_grad():
-        for start in range(0, f_model.shape[0], batch_size):
+        for start in starts:
             out = model.estimator(m_model[start:start + batch_size].to(device),
                                   f_model[start:start + batch_size].to(device))
             chunks.append(out.disp.cpu())
@@ -82,8 +89,13 @@ def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_
 
 
 def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask: Image | None = None,
-                    fixed_mask: Image | None = None, batch_size: int = 16) -> RegistrationResult:
-    """Predict the field, warp the moving image (linear) and mask (nearest, labels kept)."""
+                    fixed_mask: Image | None = None, batch_size: int = 16,
+                    progress: Progress | None = None) -> RegistrationResult:
+    """Predict the field, warp the moving image (linear) and mask (nearest, labels kept).
+
+    ``progress(iterable, total)`` may wrap the loop over prediction batches (slices of a 3D stack
+    registered by a 2D model); the CLI passes a progress bar.
+    """
     if fixed.ndim != moving.ndim:
         raise ValueError(f"fixed is {fixed.ndim}-D but moving is {moving.ndim}-D")
     start = time.perf_counter()
@@ -94,7 +106,7 @@ def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask
     slicewise = model.ndim == 2 and fixed.ndim == 3
     center = _center(mask_on_fixed.array if mask_on_fixed is not None else None, slicewise)
     t_predict = time.perf_counter()
-    disp = _predict(model, fixed_arr, moving_arr, spacing, center, batch_size)
+    disp = _predict(model, fixed_arr, moving_arr, spacing, center, batch_size, progress)
     predict_s = time.perf_counter() - t_predict
     field_mm = displacement_image(disp, fixed.to_sitk())
     warped = warp_physical(moving, field_mm, fixed)

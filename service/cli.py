@@ -201,7 +201,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     for mask, image in ((moving_mask, moving), (fixed_mask, fixed)):
         if mask is not None:
             check_mask(mask, image)
-    result = register_images(model, fixed, moving, moving_mask, fixed_mask)
+    from tqdm import tqdm
+
+    bar = lambda items, total: tqdm(items, total=total, unit="batch", desc="registering")  # noqa: E731
+    result = register_images(model, fixed, moving, moving_mask, fixed_mask, progress=bar)
     write_registration_outputs(args.out, result)
     result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
                           "wall_s": round(time.perf_counter() - start, 4),

@@ -66,7 +66,7 @@ def write(array, path, spacing, direction=None, origin=None):
     return path
 
 
-def test_register_2d_outputs_keep_fixed_geometry_and_labels(run_dir, tmp_path):
+def test_register_2d_outputs_keep_fixed_geometry_and_labels(run_dir, tmp_path, capsys):
     pair = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
     geometry = dict(spacing=(1.2, 0.8), direction=(0.0, 1.0, -1.0, 0.0), origin=(5.0, -3.0))
     paths = {name: write(getattr(pair, name), tmp_path / f"{name}.nii.gz", **geometry)
@@ -87,6 +87,7 @@ def test_register_2d_outputs_keep_fixed_geometry_and_labels(run_dir, tmp_path):
     assert labels.dtype == pair.moving_mask.dtype and set(np.unique(labels)) <= {0, 1, 2}
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert {"predict_s", "total_s", "folding_pct", "dice", "model_load_s"} <= set(report)
+    assert "registering" in capsys.readouterr().err  # the progress bar
     assert set(report["dice"]) == set(report["dice_before"]) == {"1", "2"}
     # ITK applies our field to the moving image and gets our warped image (the file's convention).
     transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
