@@ -44,7 +44,7 @@ def test_train_resumes_when_rerun_with_the_same_out(tmp_path, capsys):
     assert "upd" in err and "ep 4/4 alternating" in err  # the progress bar, resumed at the 4th epoch
 
 
-def test_evaluate_report(run_dir, tmp_path):
+def test_evaluate_report(run_dir, tmp_path, capsys):
     report_path = tmp_path / "report.json"
     assert main(["evaluate", "--model", str(run_dir / "model"), "--data", "synthetic:size=32,n=3,seed=7",
                  "--out", str(report_path)]) == 0
@@ -52,6 +52,7 @@ def test_evaluate_report(run_dir, tmp_path):
     for key in ("n_pairs", "dsc_mean", "dsc_std", "hd_mean", "asd_mean", "folding_pct_mean"):
         assert key in report["summary"]
     assert report["summary"]["n_pairs"] == 3 and len(report["pairs"]) == 3
+    assert "evaluating" in capsys.readouterr().err  # the progress bar
     assert {"pair_id", "dsc", "hd", "asd", "folding_pct", "epe", "epe_myo", "dsc_paper"} <= set(report["pairs"][0])
 
 
