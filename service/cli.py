@@ -1,4 +1,4 @@
-"""The ``adacs`` command line: ``train``, ``evaluate``, ``register`` and ``demo``.
+"""The ``adacs`` command line: ``train``, ``evaluate``, ``register``, ``demo`` and ``serve``.
 
 Names of commands, flags and output files are a contract other tools call. Heavy libraries (torch,
 SimpleITK) are imported inside the commands, so ``adacs --help`` is instant and this module stays
@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="make a synthetic cardiac pair, train a small model, register the pair")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--epochs", type=int, default=4)
+
+    s = sub.add_parser("serve", help="the embedded service: API and one Celery worker, SQLite and a filesystem "
+                                     "broker under --data-dir (nothing else to install)")
+    s.add_argument("--host", default="127.0.0.1", help="address the API listens on")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--data-dir", type=Path, default=None,
+                   help="database, artifacts and broker folder (default: $ADACS_DATA_DIR or ./adacs-data)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="concurrent jobs: 1 runs the worker with --pool solo, more with a prefork pool")
     return parser
 
 
@@ -240,7 +249,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
                  "--fixed-mask", str(inputs / "fixed_mask.nii.gz"), "--out", str(args.out / "registration")])
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "register": cmd_register, "demo": cmd_demo}
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.serve import serve
+
+    return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "register": cmd_register, "demo": cmd_demo,
+            "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
