@@ -1,21 +1,28 @@
-"""Fixtures shared by every suite that needs a real service.
+"""Fixtures shared by every suite that needs a real service, and the small data those suites share.
 
 ``postgres_database`` makes throw-away PostgreSQL databases with random names (``adacs_test_<hex>``)
 and drops them when the test session ends, so parallel or interrupted runs never collide. A
 PostgreSQL that cannot be reached is a failure, never a skip: set ``ADACS_TEST_POSTGRES_URL`` to an
-admin URL, or start the local one with ``bash .ci/services``.
+admin URL, or start the local one with ``bash .ci/services``. ``redis_url`` likewise fails when
+Redis is down (``ADACS_TEST_REDIS_URL``, default database 15 so tests never touch database 0).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import zipfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 POSTGRES_ADMIN_ENV = "ADACS_TEST_POSTGRES_URL"
 POSTGRES_ADMIN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_ENV, REDIS_DEFAULT = "ADACS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
+ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +55,110 @@ def postgres_database() -> Iterator[Callable[[], str]]:
     for name in created:
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     connection.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file; tests copy it instead of migrating again."""
+    from service.db import upgrade_database
+
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated(postgres_database: Callable[[], str]) -> str:
+    from service.db import upgrade_database
+
+    url = postgres_database()
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    url = os.environ.get(REDIS_ENV, REDIS_DEFAULT)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as error:
+        problem = str(error)
+    else:
+        return url
+    pytest.fail(f"Redis is unreachable at {url}: {problem}\nStart it (bash .ci/services) or point {REDIS_ENV} "
+                "at one.", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2D VoxelMorph artifact whose flow head is large enough to move the mask visibly."""
+    import torch
+
+    from models.artifact import save_artifact
+    from models.intensity import IntensityConfig
+    from models.networks.estimator import EstimatorConfig, build_estimator
+
+    torch.manual_seed(0)
+    config = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4))
+    estimator = build_estimator(config)
+    with torch.no_grad():  # a fresh head predicts (almost) the identity: a weak test of equal outputs
+        estimator.flow.weight.normal_(0.0, 0.3)
+        estimator.flow.bias.copy_(torch.tensor([1.0, -0.75]))  # a shift of a few voxels, plus variation
+    return save_artifact(tmp_path_factory.mktemp("model") / "tiny", estimator, config, IntensityConfig(),
+                         {"method": "adacs", "data": "none: random weights for tests"}, train_shape=(32, 32),
+                         train_spacing_mm=(1.5, 1.5))
+
+
+@pytest.fixture(scope="session")
+def image_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 32×32 phantom pair and its masks as NIfTI, on an oblique, anisotropic grid."""
+    from models.data.synthetic import PhantomConfig, make_phantom_pair
+
+    pair = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
+    directory = tmp_path_factory.mktemp("pair")
+    paths = {}
+    for role in ROLES:
+        image = sitk.GetImageFromArray(getattr(pair, role))
+        image.SetSpacing((1.5, 1.2))
+        image.SetOrigin((4.0, -2.0))
+        image.SetDirection((0.0, 1.0, -1.0, 0.0))
+        paths[role] = directory / f"{role}.nii.gz"
+        sitk.WriteImage(image, str(paths[role]))
+    return paths
+
+
+def _write_series(array: np.ndarray, spacing, folder: Path, uid: str) -> None:
+    folder.mkdir()
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing(spacing)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(array.shape[0]):
+        slice_ = image[:, :, z]
+        for tag, value in (("0020|000e", uid), ("0008|0060", "MR"), ("0020|0013", str(z + 1)),
+                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
+                           ("0018|0050", str(spacing[2]))):
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(slice_)
+
+
+def write_dicom_series_zip(array: np.ndarray, spacing, path: Path,
+                           uids=("1.2.826.0.1.3680043.2.1125.1.1",)) -> Path:
+    """A DICOM zip the way a PACS export looks (one file per slice), one folder per series."""
+    for n, uid in enumerate(uids):
+        _write_series(array, spacing, path.parent / f"dicom{n}", uid)
+    with zipfile.ZipFile(path, "w") as archive:
+        for n in range(len(uids)):
+            for file in sorted((path.parent / f"dicom{n}").iterdir()):
+                archive.write(file, f"series{n}/{file.name}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dicom_zip() -> Callable[..., Path]:
+    """:func:`write_dicom_series_zip`, for tests in any folder (conftest modules are not importable)."""
+    return write_dicom_series_zip

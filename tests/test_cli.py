@@ -126,38 +126,9 @@ def test_errors_exit_2_with_a_message(run_dir, tmp_path, capsys):
     assert "not a model artifact" in capsys.readouterr().err
 
 
-def write_dicom_series_zip(array: np.ndarray, spacing, path, uids=("1.2.826.0.1.3680043.2.1125.1.1",)) -> None:
-    """A DICOM zip the way a PACS export looks (one file per slice), one folder per series."""
-    import zipfile
-
-    for n, uid in enumerate(uids):
-        _write_series(array, spacing, path.parent / f"dicom{n}", uid)
-    with zipfile.ZipFile(path, "w") as archive:
-        for n in range(len(uids)):
-            for file in sorted((path.parent / f"dicom{n}").iterdir()):
-                archive.write(file, f"series{n}/{file.name}")
-
-
-def _write_series(array: np.ndarray, spacing, folder, uid: str) -> None:
-    folder.mkdir()
-    image = sitk.GetImageFromArray(array.astype(np.int16))
-    image.SetSpacing(spacing)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(array.shape[0]):
-        slice_ = image[:, :, z]
-        for tag, value in (("0020|000e", uid), ("0008|0060", "MR"), ("0020|0013", str(z + 1)),
-                           ("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
-                           ("0018|0050", str(spacing[2]))):
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
-        writer.Execute(slice_)
-
-
-def test_register_accepts_a_dicom_series_zip(run_dir, tmp_path):
+def test_register_accepts_a_dicom_series_zip(run_dir, tmp_path, dicom_zip):
     volume = (np.random.default_rng(1).random((3, 32, 32)) * 1000).astype(np.int16)
-    write_dicom_series_zip(volume, (1.0, 1.0, 4.0), tmp_path / "moving.zip")
+    dicom_zip(volume, (1.0, 1.0, 4.0), tmp_path / "moving.zip")
     fixed = write(volume.astype(np.float32), tmp_path / "fixed.nii.gz", (1.0, 1.0, 4.0))
     out = tmp_path / "out"
     assert main(["register", "--model", str(run_dir / "model"), "--fixed", str(fixed),
@@ -175,10 +146,10 @@ def test_register_refuses_a_mask_on_another_grid(run_dir, tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
-def test_register_names_the_series_of_a_multi_series_zip_and_takes_a_choice(run_dir, tmp_path, capsys):
+def test_register_names_the_series_of_a_multi_series_zip_and_takes_a_choice(run_dir, tmp_path, capsys, dicom_zip):
     volume = (np.random.default_rng(2).random((3, 32, 32)) * 1000).astype(np.int16)
     uids = ("1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2")
-    write_dicom_series_zip(volume, (1.0, 1.0, 4.0), tmp_path / "two.zip", uids)
+    dicom_zip(volume, (1.0, 1.0, 4.0), tmp_path / "two.zip", uids)
     fixed = write(volume.astype(np.float32), tmp_path / "fixed.nii.gz", (1.0, 1.0, 4.0))
     args = ["register", "--model", str(run_dir / "model"), "--fixed", str(fixed), "--moving",
             str(tmp_path / "two.zip"), "--out", str(tmp_path / "out")]

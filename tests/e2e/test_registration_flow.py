@@ -28,17 +28,14 @@ import pytest
 import SimpleITK as sitk
 import uvicorn
 
-from models.data.synthetic import PhantomConfig, make_phantom_pair
 from service.cli import main as adacs
 from service.core.config import Settings
 from service.db import upgrade_database
 from service.main import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_ENV, REDIS_DEFAULT = "ADACS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 TIMEOUT_S = 90
 MODEL = "e2e"
-ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
 DICOM_UID = "1.2.826.0.1.3680043.2.1125.1.77"
 
 
@@ -73,87 +70,14 @@ def tail(log, chars: int = 4000) -> str:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> str:
-    import redis
-
-    url = os.environ.get(REDIS_ENV, REDIS_DEFAULT)
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-    except redis.RedisError as error:
-        problem = str(error)
-    else:
-        return url
-    pytest.fail(f"Redis is unreachable at {url}: {problem}\nStart it (bash .ci/services) or point {REDIS_ENV} "
-                "at one.", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny 2-D VoxelMorph whose flow head moves the mask visibly (a fresh one is near the identity)."""
-    import torch
-
-    from models.artifact import save_artifact
-    from models.intensity import IntensityConfig
-    from models.networks.estimator import EstimatorConfig, build_estimator
-
-    torch.manual_seed(0)
-    config = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4))
-    estimator = build_estimator(config)
-    with torch.no_grad():
-        estimator.flow.weight.normal_(0.0, 0.3)
-        estimator.flow.bias.copy_(torch.tensor([1.0, -0.75]))
-    return save_artifact(tmp_path_factory.mktemp("model") / MODEL, estimator, config, IntensityConfig(),
-                         {"method": "adacs", "data": "none: random weights for tests"}, train_shape=(32, 32),
-                         train_spacing_mm=(1.5, 1.5))
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict[str, Path]:
-    """A 32×32 phantom pair with masks as NIfTI, on an oblique, anisotropic grid."""
-    phantom = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
-    folder, paths = tmp_path_factory.mktemp("pair"), {}
-    for role in ROLES:
-        image = sitk.GetImageFromArray(getattr(phantom, role))
-        image.SetSpacing((1.5, 1.2))
-        image.SetOrigin((4.0, -2.0))
-        image.SetDirection((0.0, 1.0, -1.0, 0.0))
-        paths[role] = folder / f"{role}.nii.gz"
-        sitk.WriteImage(image, str(paths[role]))
-    return paths
-
-
-def write_dicom_series_zip(volume: np.ndarray, spacing, path: Path) -> Path:
-    """One series, one file per slice, zipped in a folder as a PACS export is."""
-    folder = path.parent / "series"
-    folder.mkdir()
-    image = sitk.GetImageFromArray(volume.astype(np.int16))
-    image.SetSpacing(spacing)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(volume.shape[0]):
-        slice_ = image[:, :, z]
-        position = "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z))))
-        for tag, value in (("0020|000e", DICOM_UID), ("0008|0060", "MR"), ("0020|0013", str(z + 1)),
-                           ("0020|0032", position), ("0020|0037", "1\\0\\0\\0\\1\\0"),
-                           ("0028|0030", f"{spacing[1]}\\{spacing[0]}"), ("0018|0050", str(spacing[2]))):
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
-        writer.Execute(slice_)
-    with zipfile.ZipFile(path, "w") as archive:
-        for file in sorted(folder.iterdir()):
-            archive.write(file, f"series0/{file.name}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def dicom_pair(tmp_path_factory) -> dict[str, Path]:
+def dicom_pair(tmp_path_factory, dicom_zip) -> dict[str, Path]:
     """A 3-slice volume: the fixed as NIfTI, the moving (shifted) as a DICOM series zip."""
     folder, rng = tmp_path_factory.mktemp("dicom"), np.random.default_rng(1)
     volume = (rng.random((3, 32, 32)) * 1000).astype(np.int16)
     fixed = sitk.GetImageFromArray(volume.astype(np.float32))
     fixed.SetSpacing((1.0, 1.0, 4.0))
     sitk.WriteImage(fixed, str(folder / "fixed.nii.gz"))
-    moving = write_dicom_series_zip(np.roll(volume, 2, axis=2), (1.0, 1.0, 4.0), folder / "moving.zip")
+    moving = dicom_zip(np.roll(volume, 2, axis=2), (1.0, 1.0, 4.0), folder / "moving.zip", (DICOM_UID,))
     return {"fixed": folder / "fixed.nii.gz", "moving": moving}
 
 
@@ -230,8 +154,8 @@ def read(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, pair, model_dir, tmp_path):
-    files = {role: (path.name, path.read_bytes()) for role, path in pair.items()}
+def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, image_pair, model_dir, tmp_path):
+    files = {role: (path.name, path.read_bytes()) for role, path in image_pair.items()}
     response = stack.client.post("/v1/registrations", files=files)
     assert response.status_code == 202, response.text
     job = wait_for(stack, response.json()["id"])
@@ -239,11 +163,11 @@ def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, pai
     assert set(job["outputs"]) == {"displacement", "warped", "warped_mask", "report", "preview"}
     assert job["model_version"] == f"{MODEL}:1" and "dice" in job["report"] and job["timings_s"]["total"] > 0
 
-    local = local_register(model_dir, tmp_path / "local", **pair)
+    local = local_register(model_dir, tmp_path / "local", **image_pair)
     warped_mask = download(stack, job["id"], "warped-mask", tmp_path / "warped_mask.nii.gz")
     expected = read(local / "warped_mask.nii.gz")
     assert np.array_equal(warped_mask, expected)
-    assert not np.array_equal(warped_mask, read(pair["moving_mask"]))  # the model moved it
+    assert not np.array_equal(warped_mask, read(image_pair["moving_mask"]))  # the model moved it
     displacement = download(stack, job["id"], "displacement", tmp_path / "displacement.nii.gz")
     np.testing.assert_allclose(displacement, read(local / "displacement.nii.gz"), atol=1e-5)
     preview = stack.client.get(f"/v1/registrations/{job['id']}/preview.png")

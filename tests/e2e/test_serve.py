@@ -22,7 +22,6 @@ import httpx
 import pytest
 import SimpleITK as sitk
 
-from models.data.synthetic import PhantomConfig, make_phantom_pair
 from service.serve import WORKER_PID_FILE, WorkerSupervisor, worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,43 +58,16 @@ def tail(path: Path, chars: int = 6000) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_zip(tmp_path_factory) -> bytes:
-    """A tiny 2-D VoxelMorph artifact, zipped for ``POST /v1/models``."""
-    import torch
-
-    from models.artifact import save_artifact
-    from models.intensity import IntensityConfig
-    from models.networks.estimator import EstimatorConfig, build_estimator
-
-    torch.manual_seed(0)
-    config = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4))
-    estimator = build_estimator(config)
-    with torch.no_grad():
-        estimator.flow.weight.normal_(0.0, 0.3)
-        estimator.flow.bias.copy_(torch.tensor([1.0, -0.75]))
-    folder = save_artifact(tmp_path_factory.mktemp("model") / MODEL, estimator, config, IntensityConfig(),
-                           {"method": "adacs", "data": "none: random weights for tests"}, train_shape=(32, 32),
-                           train_spacing_mm=(1.5, 1.5))
+def model_zip(model_dir: Path) -> bytes:
+    """The shared tiny VoxelMorph artifact, zipped for ``POST /v1/models``."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted(folder.iterdir()):
+        for file in sorted(model_dir.iterdir()):
             archive.write(file, file.name)
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> dict[str, Path]:
-    phantom = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
-    folder, paths = tmp_path_factory.mktemp("pair"), {}
-    for role in ROLES:
-        image = sitk.GetImageFromArray(getattr(phantom, role))
-        image.SetSpacing((1.5, 1.5))
-        paths[role] = folder / f"{role}.nii.gz"
-        sitk.WriteImage(image, str(paths[role]))
-    return paths
-
-
-def test_serve_registers_a_pair_and_stops_its_worker_on_sigterm(model_zip, pair, tmp_path):
+def test_serve_registers_a_pair_and_stops_its_worker_on_sigterm(model_zip, image_pair, tmp_path):
     port, data, log = free_port(), tmp_path / "adacs-data", tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")} | {"ADACS_DEFAULT_MODEL": MODEL}
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data)]
@@ -122,7 +94,7 @@ def test_serve_registers_a_pair_and_stops_its_worker_on_sigterm(model_zip, pair,
         response = client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
         assert response.status_code == 200, response.text
 
-        files = {role: (path.name, path.read_bytes()) for role, path in pair.items()}
+        files = {role: (path.name, path.read_bytes()) for role, path in image_pair.items()}
         response = client.post("/v1/registrations", files=files)
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]

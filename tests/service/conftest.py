@@ -17,24 +17,10 @@ from safetensors.numpy import save_file
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from service.db import make_engine, make_session_factory, upgrade_database
+from service.db import make_engine, make_session_factory
 from service.storage import LocalArtifactStore
 
 TABLES = "stage_assignments, model_versions, models, datasets, jobs, api_keys"
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("sqlite") / "template.db"
-    upgrade_database(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(scope="session")
-def postgres_migrated(postgres_database: Callable[[], str]) -> str:
-    url = postgres_database()
-    upgrade_database(url)
-    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,32 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import SimpleITK as sitk
 from sqlalchemy import text
 
-from models.data.synthetic import PhantomConfig, make_phantom_pair
 from service.core.config import Settings
-from service.db import Job, JobKind, get_engine, make_engine, session_scope, upgrade_database
+from service.db import Job, JobKind, get_engine, make_engine, session_scope
 from service.registry import promote, register_version
 from service.storage import LocalArtifactStore
 
 TABLES = "stage_assignments, model_versions, models, datasets, jobs, api_keys"
 MODEL = "tiny"
 ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("sqlite") / "template.db"
-    upgrade_database(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(scope="session")
-def postgres_migrated(postgres_database: Callable[[], str]) -> str:
-    url = postgres_database()
-    upgrade_database(url)
-    return url
 
 
 def sqlite_copy(template: Path, directory: Path) -> str:
@@ -60,42 +44,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
     return sqlite_copy(sqlite_template, tmp_path / "db")
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 2D VoxelMorph artifact whose flow head is large enough to move the mask visibly."""
-    import torch
-
-    from models.artifact import save_artifact
-    from models.intensity import IntensityConfig
-    from models.networks.estimator import EstimatorConfig, build_estimator
-
-    torch.manual_seed(0)
-    config = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4))
-    estimator = build_estimator(config)
-    with torch.no_grad():  # a fresh head predicts (almost) the identity: a weak test of equal outputs
-        estimator.flow.weight.normal_(0.0, 0.3)
-        estimator.flow.bias.copy_(torch.tensor([1.0, -0.75]))  # a shift of a few voxels, plus variation
-    return save_artifact(tmp_path_factory.mktemp("model") / "tiny", estimator, config, IntensityConfig(),
-                         {"method": "adacs", "data": "none: random weights for tests"}, train_shape=(32, 32),
-                         train_spacing_mm=(1.5, 1.5))
-
-
-@pytest.fixture(scope="session")
-def image_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A 32×32 phantom pair and its masks as NIfTI, on an oblique, anisotropic grid."""
-    pair = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
-    directory = tmp_path_factory.mktemp("pair")
-    paths = {}
-    for role in ROLES:
-        image = sitk.GetImageFromArray(getattr(pair, role))
-        image.SetSpacing((1.5, 1.2))
-        image.SetOrigin((4.0, -2.0))
-        image.SetDirection((0.0, 1.0, -1.0, 0.0))
-        paths[role] = directory / f"{role}.nii.gz"
-        sitk.WriteImage(image, str(paths[role]))
-    return paths
 
 
 def engine_of(settings: Settings):

@@ -20,7 +20,6 @@ from service.db import JobStatus
 from worker.celery_app import REGISTRATION_TASK, create_app
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_ENV, REDIS_DEFAULT = "ADACS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 TIMEOUT_S = 60
 
 
@@ -29,19 +28,6 @@ def tail(log, chars: int = 4000) -> str:
     return log.read_text(encoding="utf-8", errors="replace")[-chars:]
 
 
-@pytest.fixture(scope="module")
-def redis_url():
-    import redis
-
-    url = os.environ.get(REDIS_ENV, REDIS_DEFAULT)
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-    except redis.RedisError as error:
-        problem = str(error)
-    else:
-        return url
-    pytest.fail(f"Redis is unreachable at {url}: {problem}\nStart it (bash .ci/services) or point {REDIS_ENV} "
-                "at one.", pytrace=False)
 
 
 def start_worker(settings: Settings, queue: str, log: Path) -> subprocess.Popen:
