@@ -9,8 +9,13 @@ Redis is down (``ADACS_TEST_REDIS_URL``, default database 15 so tests never touc
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
+import shutil
+import socket
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +28,7 @@ POSTGRES_ADMIN_ENV = "ADACS_TEST_POSTGRES_URL"
 POSTGRES_ADMIN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_ENV, REDIS_DEFAULT = "ADACS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
+TABLES = "stage_assignments, model_versions, models, datasets, jobs, api_keys"
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +80,34 @@ def postgres_migrated(postgres_database: Callable[[], str]) -> str:
     url = postgres_database()
     upgrade_database(url)
     return url
+
+
+def sqlite_copy(template: Path, directory: Path) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, directory / "adacs.db")
+    return f"sqlite:///{directory / 'adacs.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    from sqlalchemy import text
+
+    from service.db import make_engine
+
+    if request.param == "sqlite":
+        return sqlite_copy(request.getfixturevalue("sqlite_template"), tmp_path / "db")
+    url = request.getfixturevalue("postgres_migrated")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    return sqlite_copy(sqlite_template, tmp_path / "db")
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +196,52 @@ def write_dicom_series_zip(array: np.ndarray, spacing, path: Path,
 def dicom_zip() -> Callable[..., Path]:
     """:func:`write_dicom_series_zip`, for tests in any folder (conftest modules are not importable)."""
     return write_dicom_series_zip
+
+
+@pytest.fixture(scope="session")
+def model_zip(model_dir: Path) -> bytes:
+    """The tiny model's artifact zipped, as ``POST /v1/models`` takes it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in sorted(model_dir.iterdir()):
+            archive.write(file, file.name)
+    return buffer.getvalue()
+
+
+class LiveServer:
+    """uvicorn on 127.0.0.1:<free port> in a daemon thread; ``client`` talks to it over real HTTP."""
+
+    def __init__(self, app, settings=None, timeout: float = 30.0) -> None:
+        import uvicorn
+
+        self.settings = settings
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))  # the kernel picks a free port; no race with other runs
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.timeout = timeout
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start (see the log above)")
+            time.sleep(0.01)
+        self.client = httpx.Client(base_url=self.url, timeout=self.timeout)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.socket.close()
+
+
+@pytest.fixture(scope="session")
+def live_server() -> type[LiveServer]:
+    """:class:`LiveServer`, for tests in any folder (conftest modules are not importable)."""
+    return LiveServer

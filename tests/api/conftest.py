@@ -8,50 +8,17 @@ settings on a free port, on the module's database, and stops it when the module 
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from service.core.config import Settings
 from service.db import make_engine, session_scope, upgrade_database
 from service.main import create_app
-
-
-class LiveServer:
-    """uvicorn on 127.0.0.1:<free port> in a daemon thread; ``client`` talks to it."""
-
-    def __init__(self, settings: Settings, app: FastAPI) -> None:
-        self.settings = settings
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.bind(("127.0.0.1", 0))  # the kernel picks a free port; no race with other runs
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start (see the log above)")
-            time.sleep(0.01)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.socket.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -66,23 +33,24 @@ def api_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="module")
-def serve(api_db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
+def serve(api_db_url: str, tmp_path_factory: pytest.TempPathFactory,
+          live_server: type) -> Iterator[Callable[..., object]]:
     """``serve(api_keys_enabled=True, ...)`` -> a running server with those settings (own data folder).
     ``serve(extend=f)`` calls ``f(app)`` before serving, e.g. to add a route that probes a dependency."""
     with ExitStack() as servers:
-        def start(extend: Callable[[FastAPI], None] | None = None, **overrides: object) -> LiveServer:
+        def start(extend: Callable[[FastAPI], None] | None = None, **overrides: object) -> object:
             settings = Settings(**{"data_dir": tmp_path_factory.mktemp("data"), "database_url": api_db_url,
                                    **overrides})
             app = create_app(settings)
             if extend is not None:
                 extend(app)
-            return servers.enter_context(LiveServer(settings, app))
+            return servers.enter_context(live_server(app, settings))
 
         yield start
 
 
 @pytest.fixture(scope="module")
-def api(serve: Callable[..., LiveServer]) -> LiveServer:
+def api(serve: Callable[..., object]) -> object:
     """A server with the embedded defaults (no API keys), 1 MiB upload limit."""
     return serve(max_upload_bytes=1024 * 1024)
 

@@ -9,24 +9,18 @@ Each run has its own queue, database, data folder and artifact store. Redis must
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import uvicorn
 
 from service.cli import main as adacs
 from service.core.config import Settings
@@ -39,29 +33,6 @@ MODEL = "e2e"
 DICOM_UID = "1.2.826.0.1.3680043.2.1125.1.77"
 
 
-class Server:
-    """uvicorn serving ``app`` on a free port of 127.0.0.1, in a daemon thread."""
-
-    def __init__(self, app) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.bind(("127.0.0.1", 0))
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.socket.getsockname()[1]}", timeout=60)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.socket.close()
 
 
 def tail(log, chars: int = 4000) -> str:
@@ -82,7 +53,7 @@ def dicom_pair(tmp_path_factory, dicom_zip) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, redis_url, model_dir, tmp_path_factory) -> Iterator[tuple[Server, Path]]:
+def stack(request, redis_url, model_zip, live_server, tmp_path_factory) -> Iterator:
     """The API and one worker on a queue of their own; the tiny model registered and promoted over HTTP."""
     import redis
 
@@ -102,13 +73,8 @@ def stack(request, redis_url, model_dir, tmp_path_factory) -> Iterator[tuple[Ser
     with open(log, "wb") as handle:
         worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
     try:
-        with Server(create_app(settings, inference_queue=queue)) as server:
-            buffer = io.BytesIO()
-            with zipfile.ZipFile(buffer, "w") as archive:
-                for file in sorted(model_dir.iterdir()):
-                    archive.write(file, file.name)
-            response = server.client.post("/v1/models", data={"name": MODEL},
-                                          files={"file": ("model.zip", buffer.getvalue())})
+        with live_server(create_app(settings, inference_queue=queue), settings, timeout=60) as server:
+            response = server.client.post("/v1/models", data={"name": MODEL}, files={"file": ("model.zip", model_zip)})
             assert response.status_code == 201, response.text
             response = server.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
             assert response.status_code == 200, response.text
@@ -124,7 +90,7 @@ def stack(request, redis_url, model_dir, tmp_path_factory) -> Iterator[tuple[Ser
         redis.Redis.from_url(redis_url).delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
 
 
-def wait_for(server: Server, job_id: str) -> dict:
+def wait_for(server, job_id: str) -> dict:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and server.worker.poll() is None:
         job = server.client.get(f"/v1/registrations/{job_id}").json()
@@ -135,7 +101,7 @@ def wait_for(server: Server, job_id: str) -> dict:
     pytest.fail(f"worker {state}; its log:\n{tail(server.log)}", pytrace=False)
 
 
-def download(server: Server, job_id: str, segment: str, target: Path) -> np.ndarray:
+def download(server, job_id: str, segment: str, target: Path) -> np.ndarray:
     response = server.client.get(f"/v1/registrations/{job_id}/{segment}")
     assert response.status_code == 200, response.text
     target.write_bytes(response.content)

@@ -8,14 +8,12 @@ with a stand-in child process.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import httpx
@@ -55,16 +53,6 @@ def wait_until(condition, timeout_s: float, step_s: float = 0.05) -> bool:
 
 def tail(path: Path, chars: int = 6000) -> str:
     return path.read_text(encoding="utf-8", errors="replace")[-chars:] if path.exists() else ""
-
-
-@pytest.fixture(scope="module")
-def model_zip(model_dir: Path) -> bytes:
-    """The shared tiny VoxelMorph artifact, zipped for ``POST /v1/models``."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted(model_dir.iterdir()):
-            archive.write(file, file.name)
-    return buffer.getvalue()
 
 
 def test_serve_registers_a_pair_and_stops_its_worker_on_sigterm(model_zip, image_pair, tmp_path):

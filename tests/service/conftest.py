@@ -7,35 +7,17 @@ file, a truncated PostgreSQL database), which keeps the suite fast while every t
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from service.db import make_engine, make_session_factory
 from service.storage import LocalArtifactStore
-
-TABLES = "stage_assignments, model_versions, models, datasets, jobs, api_keys"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database on each backend."""
-    if request.param == "sqlite":
-        path = tmp_path / "adacs.db"
-        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
-        return f"sqlite:///{path}"
-    url = request.getfixturevalue("postgres_migrated")
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return url
 
 
 @pytest.fixture

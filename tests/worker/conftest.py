@@ -10,40 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from service.core.config import Settings
-from service.db import Job, JobKind, get_engine, make_engine, session_scope
+from service.db import Job, JobKind, get_engine, session_scope
 from service.registry import promote, register_version
 from service.storage import LocalArtifactStore
 
-TABLES = "stage_assignments, model_versions, models, datasets, jobs, api_keys"
 MODEL = "tiny"
 ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
-
-
-def sqlite_copy(template: Path, directory: Path) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, directory / "adacs.db")
-    return f"sqlite:///{directory / 'adacs.db'}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database on each backend."""
-    if request.param == "sqlite":
-        return sqlite_copy(request.getfixturevalue("sqlite_template"), tmp_path / "db")
-    url = request.getfixturevalue("postgres_migrated")
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    return url
-
-
-@pytest.fixture
-def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
-    return sqlite_copy(sqlite_template, tmp_path / "db")
 
 
 def engine_of(settings: Settings):
