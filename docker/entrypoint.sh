@@ -2,6 +2,7 @@
 # Entry point of both images. The first argument picks the process:
 #   api      migrate the database, then serve service.main:app with uvicorn on port 8000
 #   worker   migrate the database, then run the Celery worker on WORKER_QUEUES
+#   beat     Celery beat: the reaper's schedule (one per deployment)
 #   migrate  only migrate the database (a one-off: `docker compose run --rm api migrate`)
 #   anything else is run as given, e.g. `adacs --help` or `bash`.
 # Every knob is an environment variable; docker/ENVIRONMENT.md lists them.
@@ -18,12 +19,27 @@ print("adacs: database schema at revision", upgrade_database(get_settings().data
 PY
 }
 
+install_starter() {
+  # The bundled starter model (research use only, see its card) becomes `starter@production`
+  # unless the registry already has a model of that name. INSTALL_STARTER_MODEL=0 skips it.
+  if [ "${INSTALL_STARTER_MODEL:-1}" = "1" ]; then
+    python - <<'PY'
+from service.core.config import get_settings
+from service.starter import install_starter_model
+
+ref = install_starter_model(get_settings())
+print("adacs: starter model", f"registered as {ref}" if ref else "already present (or not bundled)", flush=True)
+PY
+  fi
+}
+
 role="${1:-api}"
 if [ "$#" -gt 0 ]; then shift; fi
 
 case "$role" in
   api)
     migrate
+    install_starter
     # uvicorn reads WEB_CONCURRENCY (processes) and FORWARDED_ALLOW_IPS itself.
     exec uvicorn service.main:app --host 0.0.0.0 --port 8000 --log-level "${LOG_LEVEL:-info}" "$@"
     ;;
@@ -37,6 +53,12 @@ case "$role" in
       --concurrency "${WORKER_CONCURRENCY:-1}" \
       --loglevel "${LOG_LEVEL:-info}" \
       --task-events "$@"
+    ;;
+  beat)
+    # Celery beat, whose only schedule is the reaper of stale jobs (ADACS_REAPER_INTERVAL_S).
+    exec celery --app worker.celery_app:app beat \
+      --schedule /tmp/celerybeat-schedule --pidfile /tmp/celerybeat.pid \
+      --loglevel "${LOG_LEVEL:-info}" "$@"
     ;;
   migrate)
     migrate

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from service.cli_remote import REMOTE_COMMANDS, add_remote_commands
+
 __all__ = ["main", "build_parser"]
 
 
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-data", help="validation data SPEC (default: the val split of acdc-h5 data, or "
                                       "a differently seeded phantom set for synthetic data; 'none' for none)")
     t.add_argument("--arch", default="voxelmorph", help="displacement estimator architecture")
-    t.add_argument("--method", default="adacs", help="training method: adacs or none (vanilla)")
+    t.add_argument("--method", default="adacs", help="training method: adacs; none (vanilla); the baselines nll, "
+                                                     "beta-nll, adareg, adaframe; the ablations adacs-scs-only "
+                                                     "(Eq. 3 alone) and adacs-no-tv (Eqs. 3-4)")
     t.add_argument("--epochs", type=int, default=300, help="epochs after the warm-up(s)")
     t.add_argument("--steps-per-epoch", type=int, default=50, help="optimiser updates per epoch")
     t.add_argument("--warmup-epochs", type=int, default=20, help="epochs of each warm-up phase")
@@ -87,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database, artifacts and broker folder (default: $ADACS_DATA_DIR or ./adacs-data)")
     s.add_argument("--workers", type=int, default=1,
                    help="concurrent jobs: 1 runs the worker with --pool solo, more with a prefork pool")
+    add_remote_commands(sub)  # submit, wait, download, cancel, train-remote, datasets, models
     return parser
 
 
@@ -256,7 +261,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "register": cmd_register, "demo": cmd_demo,
-            "serve": cmd_serve}
+            "serve": cmd_serve, **REMOTE_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,11 +19,11 @@ from fastapi.routing import APIRoute
 from service.api.errors import install_error_handler
 from service.api.limits import BodySizeLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.routes import health, models, registrations
+from service.api.routes import datasets, health, models, registrations, training
 from service.core.config import Settings, get_settings
 from service.db import make_engine, make_session_factory
 from service.storage import LocalArtifactStore
-from service.tasks import INFERENCE_QUEUE, TaskSender
+from service.tasks import TaskSender
 
 __all__ = ["create_app", "operation_id", "app"]
 
@@ -40,14 +40,14 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _lifespan(settings: Settings | None, inference_queue: str):
+def _lifespan(settings: Settings | None, inference_queue: str | None, training_queue: str | None):
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         resolved = settings or get_settings()
         if (resolved.broker_url or "").startswith("filesystem"):
             resolved.ensure_directories()  # the embedded broker's folders must exist before a task is sent
         engine = make_engine(resolved.database_url, busy_timeout_ms=resolved.db_busy_timeout_ms)
-        tasks = TaskSender(resolved, inference_queue)  # connects on the first send, not here
+        tasks = TaskSender(resolved, inference_queue, training_queue)  # connects on the first send, not here
         try:
             yield {"settings": resolved, "engine": engine, "session_factory": make_session_factory(engine),
                    "store": LocalArtifactStore(resolved.artifact_dir), "tasks": tasks}
@@ -58,15 +58,17 @@ def _lifespan(settings: Settings | None, inference_queue: str):
     return lifespan
 
 
-def create_app(settings: Settings | None = None, *, inference_queue: str = INFERENCE_QUEUE) -> FastAPI:
+def create_app(settings: Settings | None = None, *, inference_queue: str | None = None,
+               training_queue: str | None = None) -> FastAPI:
     """The API. ``settings`` default to ``get_settings()``, read when the server starts the app;
-    registrations are sent to ``inference_queue`` (tests give each run its own)."""
-    app = FastAPI(title="AdaCS registration", version=_version(), lifespan=_lifespan(settings, inference_queue),
+    registrations go to ``inference_queue``, trainings to ``training_queue`` (default: the settings')."""
+    app = FastAPI(title="AdaCS registration", version=_version(),
+                  lifespan=_lifespan(settings, inference_queue, training_queue),
                   generate_unique_id_function=operation_id,
                   description="Deformable registration of medical images with adaptive correspondence scoring "
                               "(AdaCS): a model registry, registrations and trainings.")
     app.state.metrics = Metrics()
-    for router in (health.router, models.router, registrations.router):
+    for router in (health.router, models.router, registrations.router, datasets.router, training.router):
         app.include_router(router)  # no prefix here: routers carry theirs (see service.api.routes)
     install_error_handler(app)
     app.add_middleware(BodySizeLimitMiddleware)

@@ -8,8 +8,8 @@ or started besides this command. :func:`serve`
    this process and the worker subprocess read the same :class:`~service.core.config.Settings`;
 2. migrates the database once (:func:`~service.db.migrate.upgrade_database`);
 3. starts one Celery worker subprocess on the ``inference`` and ``training`` queues (``--pool solo``
-   for one worker, prefork with ``--concurrency N`` for more) and writes its pid to
-   ``DATA_DIR/worker.pid``;
+   for one worker, prefork with ``--concurrency N`` for more), with Celery beat embedded for the
+   reaper of stale jobs, and writes its pid to ``DATA_DIR/worker.pid``;
 4. serves the API with uvicorn in the foreground until SIGINT or SIGTERM, then stops the worker:
    SIGTERM (Celery's warm shutdown), a wait, then SIGKILL to its whole process group.
 
@@ -46,15 +46,21 @@ QUICK_FAILURE_S = 30.0
 MAX_QUICK_FAILURES = 5
 
 
-def worker_command(workers: int = 1, hostname: str = "adacs-serve@%h") -> list[str]:
-    """The Celery worker command line: ``--pool solo`` for one worker, prefork for more."""
+def worker_command(workers: int = 1, hostname: str = "adacs-serve@%h", beat_schedule: Path | None = None,
+                   queues: Sequence[str] = QUEUES) -> list[str]:
+    """The Celery worker command line: ``--pool solo`` for one worker, prefork for more.
+
+    With ``beat_schedule`` (a file) the worker also runs Celery beat, whose only schedule is the
+    reaper (``worker.reaper``): one process fewer than the deployed setup's separate ``beat`` service.
+    """
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     pool = ["--pool", "solo", "--concurrency", "1"] if workers == 1 else ["--pool", "prefork",
                                                                            "--concurrency", str(workers)]
     return [sys.executable, "-m", "celery", "--app", "worker.celery_app:app", "worker",
-            "--queues", ",".join(QUEUES), *pool, "--hostname", hostname, "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+            "--queues", ",".join(queues), *pool, "--hostname", hostname, "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            *(["--beat", "--schedule", str(beat_schedule)] if beat_schedule is not None else [])]
 
 
 class WorkerSupervisor:
@@ -176,6 +182,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
     from service.core.config import get_settings
     from service.db.migrate import upgrade_database
     from service.main import create_app
+    from service.starter import install_starter_model
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -187,12 +194,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
     os.environ["ADACS_DATA_DIR"] = str(settings.data_dir)  # absolute: the worker must agree whatever its cwd
     settings.ensure_directories()
     upgrade_database(settings.database_url)
+    starter = install_starter_model(settings)
+    if starter:
+        print(f"registered the bundled starter model as {starter} (research use only; see its card)", flush=True)
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level))
-    supervisor = WorkerSupervisor(worker_command(workers), env=env, cwd=root,
+    command = worker_command(workers, beat_schedule=settings.data_dir / "celerybeat-schedule",
+                             queues=(settings.inference_queue, settings.training_queue))
+    supervisor = WorkerSupervisor(command, env=env, cwd=root,
                                   pid_file=settings.data_dir / WORKER_PID_FILE,
                                   on_give_up=lambda: setattr(server, "should_exit", True))
 

@@ -14,10 +14,11 @@ from celery import Celery
 
 from service.core.config import Settings
 
-__all__ = ["REGISTRATION_TASK", "INFERENCE_QUEUE", "TaskSender", "client_config"]
+__all__ = ["REGISTRATION_TASK", "TRAINING_TASK", "INFERENCE_QUEUE", "TRAINING_QUEUE", "TaskSender", "client_config"]
 
 REGISTRATION_TASK = "adacs.registration.run"
-INFERENCE_QUEUE = "inference"
+TRAINING_TASK = "adacs.training.run"
+INFERENCE_QUEUE, TRAINING_QUEUE = "inference", "training"
 FILESYSTEM_POLLING_INTERVAL_S = 0.1
 
 
@@ -34,16 +35,26 @@ def client_config(settings: Settings) -> dict[str, Any]:
 
 
 class TaskSender:
-    """A small Celery client app; ``queue`` overrides the inference queue (tests use unique ones)."""
+    """A small Celery client app; the queue names can be overridden (tests use unique ones)."""
 
-    def __init__(self, settings: Settings, inference_queue: str = INFERENCE_QUEUE) -> None:
+    def __init__(self, settings: Settings, inference_queue: str | None = None,
+                 training_queue: str | None = None) -> None:
         self.app = Celery("adacs-api", set_as_current=False)
         self.app.conf.update(client_config(settings))
-        self.inference_queue = inference_queue
+        self.inference_queue = inference_queue or settings.inference_queue
+        self.training_queue = training_queue or settings.training_queue
 
     def send_registration(self, job_id: str) -> None:
         """Queue ``adacs.registration.run(job_id)``; call it only after the job row is committed."""
         self.app.send_task(REGISTRATION_TASK, args=[job_id], queue=self.inference_queue)
+
+    def send_training(self, job_id: str) -> None:
+        """Queue ``adacs.training.run(job_id)``; call it only after the job row is committed."""
+        self.app.send_task(TRAINING_TASK, args=[job_id], queue=self.training_queue)
+
+    def send(self, kind: str, job_id: str) -> None:
+        """Queue the task of a job of ``kind`` (``registration`` or ``training``): the reaper's entry."""
+        {"registration": self.send_registration, "training": self.send_training}[kind](job_id)
 
     def close(self) -> None:
         self.app.close()

@@ -245,3 +245,115 @@ class LiveServer:
 def live_server() -> type[LiveServer]:
     """:class:`LiveServer`, for tests in any folder (conftest modules are not importable)."""
     return LiveServer
+
+
+def _write_manifest_dataset(folder: Path, n_pairs: int = 8, size: int = 32, seed: int = 5) -> Path:
+    """Phantom pairs as NIfTI files plus ``manifest.csv`` (two pairs per subject) in ``folder``."""
+    from models.data.synthetic import PhantomConfig, make_phantom_pair
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["fixed,moving,fixed_mask,moving_mask,id,subject"]
+    for index in range(n_pairs):
+        pair = make_phantom_pair(PhantomConfig(size=size, seed=seed), index)
+        names = {}
+        for role in ROLES:
+            image = sitk.GetImageFromArray(getattr(pair, role))
+            image.SetSpacing((1.5, 1.5))
+            names[role] = f"images/pair{index:02d}_{role}.nii.gz"
+            (folder / "images").mkdir(exist_ok=True)
+            sitk.WriteImage(image, str(folder / names[role]))
+        rows.append(f"{names['fixed']},{names['moving']},{names['fixed_mask']},{names['moving_mask']},"
+                    f"pair{index:02d},subject{index // 2:02d}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def _zip_tree(folder: Path, prefix: str = "") -> bytes:
+    """The bytes of a zip holding ``folder``'s files under ``prefix``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, prefix + path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def dataset_zip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A small training set as users upload it: a zip of a folder with a manifest and 8 phantom pairs."""
+    return _zip_tree(_write_manifest_dataset(tmp_path_factory.mktemp("dataset") / "study"), prefix="study/")
+
+
+@pytest.fixture(scope="session")
+def manifest_dataset() -> Callable[..., Path]:
+    """``manifest_dataset(folder, n_pairs=8, size=32)`` writes a phantom manifest dataset into ``folder``."""
+    return _write_manifest_dataset
+
+
+@pytest.fixture(scope="session")
+def zip_tree() -> Callable[..., bytes]:
+    """``zip_tree(folder, prefix="")`` -> the zip bytes of every file under ``folder`` (recursively)."""
+    return _zip_tree
+
+
+class WorkerProcess:
+    """A real Celery worker subprocess (``--pool solo``) in its own process group, logging to a file.
+
+    ``kill()`` SIGKILLs the whole group, as a lost machine would; ``stop()`` asks it to finish. With
+    ``beat=True`` it also runs Celery beat (the reaper's schedule), as ``adacs serve`` does.
+    """
+
+    def __init__(self, env: dict[str, str], queues: list[str], log: Path, beat: bool = False) -> None:
+        import subprocess
+        import sys
+
+        root = Path(__file__).resolve().parents[1]
+        self.log = log
+        command = [sys.executable, "-m", "celery", "--app", "worker.celery_app:app", "worker", "--queues",
+                   ",".join(queues), "--pool", "solo", "--concurrency", "1", "--hostname",
+                   f"{queues[0]}-{secrets.token_hex(3)}@%h", "--loglevel", "INFO", "--without-gossip",
+                   "--without-mingle", "--without-heartbeat"]
+        if beat:
+            command += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")}
+        with open(log, "ab") as handle:
+            self.process = subprocess.Popen(command, cwd=root, env=clean | env, stdout=handle,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+    def kill(self) -> None:
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def worker_process() -> Iterator[Callable[..., WorkerProcess]]:
+    """``worker_process(env, queues, log, beat=False)`` starts a :class:`WorkerProcess`; all stop at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], queues: list[str], log: Path, beat: bool = False) -> WorkerProcess:
+        started.append(WorkerProcess(env, queues, log, beat))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.stop()

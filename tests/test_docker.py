@@ -26,7 +26,7 @@ WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 ENVIRONMENT_MD = ROOT / "docker" / "ENVIRONMENT.md"
 
-SERVICES = ("redis", "postgres", "api", "worker", "worker-cpu", "flower")
+SERVICES = ("redis", "postgres", "api", "worker", "worker-cpu", "beat", "flower")
 OUR_SERVICES = ("api", "worker", "worker-cpu")  # built from this repository's images
 WORKERS = ("worker", "worker-cpu")
 VOLUMES = ("artifacts", "postgres-data", "redis-data")
@@ -160,7 +160,7 @@ def test_every_service_has_a_health_check(name):
 
 def test_services_wait_for_healthy_dependencies():
     expected = {"api": {"redis", "postgres"}, "worker": {"redis", "postgres"},
-                "worker-cpu": {"redis", "postgres"}, "flower": {"redis"}}
+                "worker-cpu": {"redis", "postgres"}, "beat": {"redis", "postgres"}, "flower": {"redis"}}
     for name, needs in expected.items():
         depends_on = service(name).get("depends_on")
         assert isinstance(depends_on, dict), f"{name!r}: depends_on must be a mapping with conditions"
@@ -224,6 +224,16 @@ def test_processes_ports_and_queues():
         assert set((environment(name).get("WORKER_QUEUES") or "").split(",")) == {"inference", "training"}
         check = " ".join(as_words(service(name)["healthcheck"]["test"]))
         assert "inspect ping" in check and "celery@$$HOSTNAME" in check, check
+
+
+def test_beat_runs_the_reaper_with_the_api_settings():
+    assert as_words(service("beat")["command"]) == ["beat"]
+    assert service("beat")["image"] == service("api")["image"]
+    beat = {k: v for k, v in environment("beat").items() if k.startswith("ADACS_")}
+    assert beat == {k: v for k, v in environment("api").items() if k.startswith("ADACS_")}
+    entrypoint = _read(ROOT / "docker" / "entrypoint.sh")
+    assert "beat)" in entrypoint and "celery --app worker.celery_app:app beat" in entrypoint
+    assert "/tmp/celerybeat.pid" in " ".join(as_words(service("beat")["healthcheck"]["test"]))
 
 
 def test_services_use_the_right_images():

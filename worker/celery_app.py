@@ -35,11 +35,13 @@ from service.core.config import Settings, get_settings
 from worker.settings import WorkerSettings, get_worker_settings
 
 __all__ = ["app", "create_app", "celery_config", "INFERENCE_QUEUE", "TRAINING_QUEUE", "REGISTRATION_TASK",
-           "FILESYSTEM_POLLING_INTERVAL_S"]
+           "TRAINING_TASK", "REAP_TASK", "FILESYSTEM_POLLING_INTERVAL_S"]
 
-INFERENCE_QUEUE, TRAINING_QUEUE = "inference", "training"
+INFERENCE_QUEUE, TRAINING_QUEUE = "inference", "training"  # the defaults of ADACS_*_QUEUE
 REGISTRATION_TASK = "adacs.registration.run"
-TASK_MODULES = ["worker.tasks.registration"]
+TRAINING_TASK = "adacs.training.run"
+REAP_TASK = "adacs.maintenance.reap_stale_jobs"
+TASK_MODULES = ["worker.tasks.registration", "worker.tasks.training", "worker.reaper"]
 # kombu polls the filesystem transport's folder; its default (1 s) would add up to a second to
 # every job of the embedded mode.
 FILESYSTEM_POLLING_INTERVAL_S = 0.1
@@ -56,7 +58,7 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
 def celery_config(settings: Settings, worker_settings: WorkerSettings | None = None) -> dict[str, Any]:
     """Celery's configuration for ``settings`` (see the module docstring for the reasons)."""
     worker_settings = worker_settings or get_worker_settings()
-    limit = settings.registration_time_limit_s
+    limit, training_limit = settings.registration_time_limit_s, settings.training_time_limit_s
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": _transport_options(settings),
@@ -72,16 +74,20 @@ def celery_config(settings: Settings, worker_settings: WorkerSettings | None = N
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": worker_settings.max_tasks_per_child or None,
-        "task_default_queue": INFERENCE_QUEUE,
-        # Routes match task *names*: the explicit ``adacs.*`` ones, and module paths for any task
-        # defined without a name.
-        "task_routes": {"worker.tasks.registration.*": {"queue": INFERENCE_QUEUE},
-                        "adacs.registration.*": {"queue": INFERENCE_QUEUE},
-                        "worker.tasks.training.*": {"queue": TRAINING_QUEUE},
-                        "adacs.training.*": {"queue": TRAINING_QUEUE}},
+        "task_default_queue": settings.inference_queue,
+        # Explicit routes for our tasks; senders name the queue anyway (the API, the reaper).
+        "task_routes": {REGISTRATION_TASK: {"queue": settings.inference_queue},
+                        TRAINING_TASK: {"queue": settings.training_queue},
+                        REAP_TASK: {"queue": settings.inference_queue}},
         # The soft limit raises inside the task, which then records the job as failed; the hard
         # limit kills a task that ignores it.
-        "task_annotations": {REGISTRATION_TASK: {"soft_time_limit": max(1.0, 0.9 * limit), "time_limit": limit}},
+        "task_annotations": {REGISTRATION_TASK: {"soft_time_limit": max(1.0, 0.9 * limit), "time_limit": limit},
+                             TRAINING_TASK: {"soft_time_limit": max(1.0, 0.95 * training_limit),
+                                             "time_limit": training_limit}},
+        # Celery beat (``celery beat``, or ``worker --beat`` in the embedded mode) runs the reaper.
+        "beat_schedule": {"reap-stale-jobs": {"task": REAP_TASK, "schedule": settings.reaper_interval_s,
+                                              "options": {"queue": settings.inference_queue,
+                                                          "expires": settings.reaper_interval_s}}},
     }
 
 

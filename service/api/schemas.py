@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 __all__ = ["ErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
            "ModelVersionPublic", "ModelPublic", "ModelDetailPublic", "ModelsPublic", "PromotionCreate",
-           "StageAssignmentPublic", "OutputPublic", "RegistrationPublic", "RegistrationsPublic"]
+           "StageAssignmentPublic", "OutputPublic", "RegistrationPublic", "RegistrationsPublic", "DatasetPublic",
+           "DatasetsPublic", "TrainingHyperparameters", "TrainingJobCreate", "TrainingJobPublic", "TrainingJobsPublic"]
 
 
 class ErrorPublic(BaseModel):
@@ -117,3 +118,100 @@ class RegistrationPublic(BaseModel):
 class RegistrationsPublic(BaseModel):
     data: list[RegistrationPublic]
     count: int = Field(description="number of registrations (all pages)")
+
+
+# -- datasets ------------------------------------------------------------------------------------
+
+class DatasetPublic(BaseModel):
+    """An uploaded training set, checked on arrival: ``status`` is ``ready`` once its pairs were read."""
+
+    id: str
+    name: str
+    layout: str = Field(description="acdc, camus or manifest (detected or as asked)")
+    status: str
+    error: str | None = None
+    n_pairs: int | None = Field(None, description="registration pairs the layout gives")
+    n_subjects: int | None = Field(None, description="distinct subjects (validation is split by subject)")
+    n_labelled: int | None = Field(None, description="pairs with both masks (usable for validation Dice)")
+    ndim: int | None = Field(None, description="2 or 3")
+    shapes: list[list[int]] = Field(default_factory=list, description="distinct pair shapes (at most 5 shown)")
+    sha256: str = Field(description="of the uploaded zip")
+    size_bytes: int
+    created_at: datetime
+    url: str
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+# -- training jobs -------------------------------------------------------------------------------
+
+class TrainingHyperparameters(BaseModel):
+    """Algorithm 1's settings (SPEC defaults, except the short default budget: set ``epochs`` for real runs).
+
+    Budgets count optimiser updates: ``steps_per_epoch`` updates of ``batch_size`` pairs per epoch,
+    ``warmup_epochs`` per warm-up phase, then ``epochs`` more.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    epochs: int = Field(20, ge=0, le=100_000, description="epochs after the warm-up(s)")
+    warmup_epochs: int = Field(20, ge=0, le=100_000, description="epochs of each warm-up phase")
+    steps_per_epoch: int = Field(50, ge=1, le=100_000, description="optimiser updates per epoch")
+    batch_size: int = Field(8, ge=1, le=1024, description="pairs per optimiser update")
+    micro_batch_size: int | None = Field(None, ge=1, le=1024, description="pairs per forward pass "
+                                                                           "(default min(4, batch_size))")
+    lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate of the displacement estimator")
+    scoring_lr: float | None = Field(None, gt=0, le=1, description="of the scoring network (default: lr)")
+    lam: float = Field(0.01, ge=0, description="smoothness weight λ")
+    alpha: float = Field(0.02, ge=0, description="scoring regulariser weight α")
+    beta: float = Field(1.5, ge=0, description="TV momentum scale β")
+    kappa: float = Field(50.0, gt=0, description="momentum activation scale κ")
+    bidir: bool = Field(True, description="train both directions")
+    seed: int = Field(0, ge=0)
+    crop: int | None = Field(128, ge=8, le=1024, description="side of the training crops (acdc, manifest) or "
+                                                             "grid (camus); null keeps the data's grid")
+
+
+class TrainingJobCreate(BaseModel):
+    model_config = {"extra": "forbid", "protected_namespaces": ()}
+
+    dataset_id: str
+    model_name: str = Field(description="registry name the trained estimator is registered under (a new version)")
+    architecture: str = Field("voxelmorph", description="displacement estimator")
+    method: str = Field("adacs", description="adacs, or a baseline (none = vanilla)")
+    hyperparameters: TrainingHyperparameters = Field(default_factory=TrainingHyperparameters)
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects held out for validation Dice")
+
+
+class TrainingJobPublic(BaseModel):
+    """A training job; ``progress`` holds phase, epoch, step, losses, m_t, val_dice and eta_s while it runs."""
+
+    model_config = {"protected_namespaces": ()}
+
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    dataset_id: str
+    model_name: str
+    architecture: str
+    method: str
+    hyperparameters: dict[str, Any]
+    val_fraction: float
+    progress: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    model_version: str | None = Field(None, description="'name:version' registered on success")
+    result: dict[str, Any] | None = Field(None, description="validation metrics, timings, device (once finished)")
+    url: str
+    events_url: str = Field(description="server-sent events of this job's progress")
+
+
+class TrainingJobsPublic(BaseModel):
+    data: list[TrainingJobPublic]
+    count: int

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     default_model: str = Field("starter", description="model reference used when a request names none")
 
     # Jobs (DESIGN "Jobs survive crashes"); short in tests.
+    inference_queue: str = Field("inference", min_length=1, description="Celery queue of registrations")
+    training_queue: str = Field("training", min_length=1, description="Celery queue of training jobs")
     heartbeat_interval_s: float = Field(5.0, gt=0, description="how often a running job writes its heartbeat")
     progress_min_interval_s: float = Field(0.5, ge=0, description="throttle between progress writes")
     heartbeat_stale_s: float = Field(120.0, gt=0, description="a running job silent this long is re-enqueued")

@@ -128,6 +128,8 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     n_pairs: Mapped[int | None] = mapped_column(Integer)  # known once the layout has been checked
+    # What the check found: spec, ndim, n_subjects, shapes, spacing, labelled pairs (migration 0002).
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
     storage_key: Mapped[str] = mapped_column(String(255))
     owner_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

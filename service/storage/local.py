@@ -5,6 +5,7 @@ Layout under ``root``::
     objects/ab/abcdef...   immutable objects, read-only, named by their SHA-256
     dirs/<sha>/            directories checked out from a manifest (hard links to the objects)
     jobs/<job_id>/         a job's scratch area: uploads on their way in, outputs on their way out
+    datasets/<id>/         an uploaded training set, unpacked (read by training jobs)
     tmp/                   files being written; a crash leaves litter here, never a half object
 
 An object appears only by a hard link (or rename) of a complete, fsynced temporary file, so a
@@ -35,7 +36,7 @@ class LocalArtifactStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
-        for sub in ("objects", "dirs", "jobs", "tmp"):
+        for sub in ("objects", "dirs", "jobs", "datasets", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- writing -------------------------------------------------------------------------------
@@ -179,3 +180,16 @@ class LocalArtifactStore:
 
     def remove_job_dir(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    # -- datasets ------------------------------------------------------------------------------
+    def dataset_dir(self, dataset_id: str, *, create: bool = True) -> Path:
+        """The unpacked dataset's folder (created unless ``create`` is False)."""
+        if not _JOB_ID.match(dataset_id):
+            raise ValueError(f"not a dataset id: {dataset_id!r}")
+        path = self.root / "datasets" / dataset_id
+        if create:
+            path.mkdir(exist_ok=True)
+        return path
+
+    def remove_dataset_dir(self, dataset_id: str) -> None:
+        shutil.rmtree(self.dataset_dir(dataset_id, create=False), ignore_errors=True)

@@ -1,9 +1,12 @@
 """``adacs serve``, the embedded default, as a user runs it: one subprocess, nothing else started.
 
-The service comes up on SQLite and the filesystem broker under a fresh data folder, a tiny model is
-uploaded and promoted over HTTP, a NIfTI pair with masks is registered by serve's own worker, and
-SIGTERM stops serve and its worker (no orphan). The worker supervisor is also checked on its own
-with a stand-in child process.
+This is the README's run command (``bash .ci/install && .venv/bin/adacs serve``; CI has run the
+install on a clean clone before the tests, and the test adds only ``--port`` and ``--data-dir`` so
+parallel runs cannot collide). The service comes up on SQLite and the filesystem broker under a
+fresh data folder with the bundled starter model registered; a cardiac-like 3D stack is registered
+with it (no model named: the default), a tiny model is uploaded and promoted over HTTP and a NIfTI
+pair is registered with it by serve's own worker, and SIGTERM stops serve and its worker (no
+orphan). The worker supervisor is also checked on its own with a stand-in child process.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from service.serve import WORKER_PID_FILE, WorkerSupervisor, worker_command
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny"
 ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
+README_RUN = "bash .ci/install && .venv/bin/adacs serve"
 
 
 def free_port() -> int:
@@ -55,9 +59,45 @@ def tail(path: Path, chars: int = 6000) -> str:
     return path.read_text(encoding="utf-8", errors="replace")[-chars:] if path.exists() else ""
 
 
-def test_serve_registers_a_pair_and_stops_its_worker_on_sigterm(model_zip, image_pair, tmp_path):
+def register(client: httpx.Client, files: dict, data: dict, log: Path) -> dict:
+    """Upload a pair, wait for its job to finish (up to 60 s) and return it; it must have succeeded."""
+    response = client.post("/v1/registrations", files=files, data=data)
+    assert response.status_code == 202, response.text
+    job_id, job = response.json()["id"], {}
+
+    def finished() -> bool:
+        nonlocal job
+        job = client.get(f"/v1/registrations/{job_id}").json()
+        return job["status"] in ("succeeded", "failed", "cancelled")
+
+    assert wait_until(finished, 60, 0.2), f"job still {job.get('status')}:\n{tail(log)}"
+    assert job["status"] == "succeeded", f"{job['error']}\n{tail(log)}"
+    return job
+
+
+@pytest.fixture(scope="module")
+def cardiac_stack(tmp_path_factory) -> dict[str, Path]:
+    """A short-axis-like 3D stack (6 phantom slices, 1.5 mm in plane, 8 mm apart) with masks, as NIfTI."""
+    import numpy as np
+
+    from models.data.synthetic import PhantomConfig, make_phantom_pair
+
+    pairs = [make_phantom_pair(PhantomConfig(size=96, seed=11), i) for i in range(6)]
+    folder, paths = tmp_path_factory.mktemp("stack"), {}
+    for role in ROLES:
+        image = sitk.GetImageFromArray(np.stack([getattr(p, role) for p in pairs]))
+        image.SetSpacing((1.5, 1.5, 8.0))
+        paths[role] = folder / f"{role}.nii.gz"
+        sitk.WriteImage(image, str(paths[role]))
+    return paths
+
+
+def test_serve_registers_trains_and_stops_its_worker_on_sigterm(model_zip, image_pair, cardiac_stack, dataset_zip,
+                                                                tmp_path):
     port, data, log = free_port(), tmp_path / "adacs-data", tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")} | {"ADACS_DEFAULT_MODEL": MODEL}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert README_RUN in readme, "the README's run command changed: update this test with it"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")}
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data)]
     with open(log, "wb") as handle:
         serve = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT)
@@ -77,30 +117,40 @@ def test_serve_registers_a_pair_and_stops_its_worker_on_sigterm(model_zip, image
         worker_pid = int((data / WORKER_PID_FILE).read_text())
         assert alive(worker_pid)
 
+        starter = client.get("/v1/models/starter").json()
+        assert starter["stages"] == {"production": 1}, starter
+        card = starter["versions"][0]["card"]
+        assert "ACDC" in card["data"]["citation"] and "Research use only" in card["intended_use"]
+        job = register(client, {role: (p.name, p.read_bytes()) for role, p in cardiac_stack.items()}, {}, log)
+        assert job["model_version"] == "starter:1" and job["report"]["dice"]["2"] > 0, job["report"]
+        displacement = client.get(f"/v1/registrations/{job['id']}/displacement")
+        (tmp_path / "displacement.nii.gz").write_bytes(displacement.content)
+        field = sitk.ReadImage(str(tmp_path / "displacement.nii.gz"))
+        assert field.GetSize() == sitk.ReadImage(str(cardiac_stack["fixed"])).GetSize()
+
         response = client.post("/v1/models", data={"name": MODEL}, files={"file": ("model.zip", model_zip)})
         assert response.status_code == 201, response.text
         response = client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
         assert response.status_code == 200, response.text
 
         files = {role: (path.name, path.read_bytes()) for role, path in image_pair.items()}
-        response = client.post("/v1/registrations", files=files)
-        assert response.status_code == 202, response.text
-        job_id = response.json()["id"]
-        job = {}
-
-        def finished() -> bool:
-            nonlocal job
-            job = client.get(f"/v1/registrations/{job_id}").json()
-            return job["status"] in ("succeeded", "failed", "cancelled")
-
-        assert wait_until(finished, 45, 0.2), f"job still {job.get('status')}:\n{tail(log)}"
-        assert job["status"] == "succeeded", f"{job['error']}\n{tail(log)}"
+        job = register(client, files, {"model": MODEL}, log)
         assert job["model_version"] == f"{MODEL}:1"
-        response = client.get(f"/v1/registrations/{job_id}/warped-mask")
+        response = client.get(f"/v1/registrations/{job['id']}/warped-mask")
         assert response.status_code == 200, response.text
         (tmp_path / "warped_mask.nii.gz").write_bytes(response.content)
         warped = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "warped_mask.nii.gz")))
         assert warped.shape == (32, 32) and warped.any()
+
+        # Training on the server-less broker too: a dataset, a short job, its model in the registry.
+        dataset = client.post("/v1/datasets", files={"file": ("study.zip", dataset_zip)}).json()
+        job = client.post("/v1/training-jobs", json={
+            "dataset_id": dataset["id"], "model_name": "embedded", "method": "none",
+            "hyperparameters": {"warmup_epochs": 0, "epochs": 1, "steps_per_epoch": 2, "batch_size": 2,
+                                "crop": None}}).json()
+        assert wait_until(lambda: client.get(job["url"]).json()["status"] not in ("queued", "running"), 90, 0.2)
+        job = client.get(job["url"]).json()
+        assert job["status"] == "succeeded" and job["model_version"] == "embedded:1", f"{job}\n{tail(log)}"
     finally:
         client.close()
         serve.send_signal(signal.SIGTERM)

@@ -1,0 +1,252 @@
+"""Task ``adacs.training.run(job_id)``: train a displacement estimator on an uploaded dataset.
+
+The contract with the API
+-------------------------
+The API commits a ``training`` job row (``queued``) whose ``params`` are::
+
+    {"dataset_id": "<uuid>",                 # a ready row of ``datasets``, unpacked in the store
+     "model_name": "cardiac",                # the registry name the estimator is registered under
+     "architecture": "voxelmorph", "method": "adacs",
+     "hyperparameters": {"epochs": 20, "warmup_epochs": 20, "steps_per_epoch": 50, "batch_size": 8,
+                         "micro_batch_size": None, "lr": 1e-4, "scoring_lr": None, "lam": 0.01,
+                         "alpha": 0.02, "beta": 1.5, "kappa": 50.0, "bidir": True, "seed": 0,
+                         "crop": 128},
+     "val_fraction": 0.2}                    # share of subjects held out for validation Dice
+
+and then sends ``TRAINING_TASK`` with ``args=[job_id]`` to the ``training`` queue.
+
+What the worker does
+--------------------
+Reads the dataset with the loader of its layout, splits it by subject (the last
+``round(val_fraction * n_subjects)`` subjects in sorted order are validation; at least one when
+there are two or more), and runs ``models.trainer.train`` into ``store.job_dir(job_id)/train/``,
+which checkpoints every epoch and resumes from ``checkpoints/last.pt``: a redelivered job (a
+killed worker, the reaper) continues where its last epoch ended instead of starting over.
+
+While running, ``progress`` holds ``phase``, ``epoch``/``epochs`` (1-based), ``step``/
+``steps_per_epoch``, ``global_step``/``total_steps``, ``losses`` (the last update's), ``m_t``,
+``val_dice`` and ``val_folding_pct`` (the last validation), ``elapsed_s`` and ``eta_s``. Every
+training step reports, and a cancelled or overtaken job stops at that step (the trainer keeps the
+last completed checkpoint).
+
+On success the displacement estimator alone (``train/model/``: no scoring or auxiliary network)
+becomes the next version of ``model_name`` with ``source_job_id`` = the job, and ``result`` is::
+
+    {"model": {"ref": "cardiac:2", "name", "version", "sha256"}, "validation": {"val_dice", ...},
+     "card": {...}, "data": {"n_train_pairs", "n_val_pairs", "n_subjects", ...},
+     "device": "cuda" | "cpu", "attempt": 1, "wall_s": 123.4}
+
+A redelivery after the version was registered finds it by ``source_job_id`` and does not register
+a second one. Failures are recorded as for registrations (``worker.failures``): bad data or
+parameters fail the job with a message, a lost database is retried by Celery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from service.core.config import Settings, get_settings
+from service.db import Dataset, DatasetStatus, JobKind, JobStatus, ModelVersion, get_engine, session_scope
+from service.registry import register_version
+from service.storage import ArtifactStore, LocalArtifactStore
+from worker.celery_app import TRAINING_TASK, app
+from worker.failures import TRANSIENT_ERRORS, InvalidJobParams, describe_failure
+from worker.jobs import Claim, JobMonitor, JobStopped, claim_job, finish_job
+from worker.model_cache import default_device
+
+__all__ = ["TrainingParams", "run_training", "run", "split_by_subject"]
+
+log = logging.getLogger(__name__)
+TRAIN_DIR = "train"
+
+
+class DatasetUnavailable(ValueError):
+    """The job's dataset is gone or not ready: the job fails (a user's problem, not retried)."""
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """``job.params`` checked (see the module docstring)."""
+
+    dataset_id: str
+    model_name: str
+    architecture: str
+    method: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.2
+
+    @classmethod
+    def parse(cls, params: dict[str, Any]) -> TrainingParams:
+        missing = [k for k in ("dataset_id", "model_name", "architecture", "method") if not params.get(k)]
+        if missing:
+            raise InvalidJobParams(f"training params lack {missing}")
+        hp = params.get("hyperparameters") or {}
+        fraction = params.get("val_fraction", 0.2)
+        if not isinstance(hp, dict) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+            raise InvalidJobParams(f"hyperparameters must be an object and 0 <= val_fraction < 1, got {hp!r}, "
+                                   f"{fraction!r}")
+        return cls(str(params["dataset_id"]), str(params["model_name"]), str(params["architecture"]),
+                   str(params["method"]), dict(hp), float(fraction))
+
+
+def split_by_subject(pairs: list, val_fraction: float) -> tuple[list, list]:
+    """(train, val): whole subjects go to validation, so no subject is on both sides."""
+    subjects = sorted({p.subject_id for p in pairs})
+    n_val = round(val_fraction * len(subjects))
+    if val_fraction > 0 and len(subjects) >= 2:
+        n_val = min(max(1, n_val), len(subjects) - 1)
+    else:
+        n_val = 0
+    held_out = set(subjects[len(subjects) - n_val:]) if n_val else set()
+    return [p for p in pairs if p.subject_id not in held_out], [p for p in pairs if p.subject_id in held_out]
+
+
+def train_config(params: TrainingParams, device: str):
+    """``TrainConfig`` from the job's hyperparameters (unknown keys are a contract error)."""
+    from dataclasses import fields
+
+    from models.networks.estimator import EstimatorConfig
+    from models.trainer import TrainConfig
+
+    hp = {k: v for k, v in params.hyperparameters.items() if k != "crop"}
+    known = {f.name for f in fields(TrainConfig)} - {"method", "estimator", "intensity", "device"}
+    unknown = sorted(set(hp) - known)
+    if unknown:
+        raise InvalidJobParams(f"unknown hyperparameters {unknown}; known: {sorted(known)}")
+    if hp.get("micro_batch_size") is None:
+        hp["micro_batch_size"] = min(4, int(hp.get("batch_size", 8)))
+    cfg = TrainConfig(method=params.method, estimator=EstimatorConfig(arch=params.architecture), device=device, **hp)
+    try:
+        cfg.validate()
+    except ValueError as error:
+        raise InvalidJobParams(str(error)) from error
+    return cfg
+
+
+def _load_pairs(engine: Engine, store: ArtifactStore, params: TrainingParams) -> tuple[list, dict[str, Any]]:
+    from models.data.detect import dataset_spec
+    from models.data.spec import load_pairs
+
+    with session_scope(engine) as session:
+        dataset = session.get(Dataset, params.dataset_id)
+        if dataset is None or dataset.status != DatasetStatus.READY:
+            raise DatasetUnavailable(f"dataset {params.dataset_id} is {'gone' if dataset is None else 'not ready'}")
+        info, name = dict(dataset.info or {}), dataset.name
+    folder = store.dataset_dir(params.dataset_id, create=False)
+    spec = dataset_spec(info["layout"], folder / info["path"], size=params.hyperparameters.get("crop"))
+    pairs = load_pairs(spec)
+    shapes = sorted({p.shape for p in pairs})
+    if len(shapes) > 1:
+        raise ValueError(f"the dataset's pairs have {len(shapes)} different shapes ({shapes[:3]}...); set "
+                         "hyperparameters.crop so that they are cut to one size")
+    description = {"dataset_id": params.dataset_id, "dataset_name": name, "layout": info["layout"],
+                   "n_subjects": len({p.subject_id for p in pairs}), "shape": list(shapes[0])}
+    return pairs, description
+
+
+class _Progress:
+    """Turns the trainer's events into the job's ``progress`` (validation results stay until replaced)."""
+
+    def __init__(self, monitor: JobMonitor) -> None:
+        self.monitor, self.val = monitor, {}
+
+    def __call__(self, event) -> None:
+        if event.kind == "epoch":
+            self.val = {k: round(v, 4) for k, v in event.val.items()}
+        done = event.global_step / max(1, event.total_steps)
+        rate = event.elapsed_s / max(1, event.global_step)
+        eta = rate * (event.total_steps - event.global_step)
+        self.monitor.progress(
+            phase=event.phase, epoch=event.epoch + 1, epochs=event.total_epochs, step=event.step,
+            steps_per_epoch=event.steps_per_epoch, global_step=event.global_step, total_steps=event.total_steps,
+            fraction=round(done, 4), losses={k: round(v, 6) for k, v in event.losses.items() if math.isfinite(v)},
+            m_t=round(event.m_t, 6), **self.val, elapsed_s=round(event.elapsed_s, 2),
+            eta_s=round(eta, 1) if event.global_step else None)
+
+
+def _registered(engine: Engine, store: ArtifactStore, params: TrainingParams, job_id: str,
+                artifact: Path) -> dict[str, Any]:
+    """The job's model version: the one it already registered (a redelivery), or a new one."""
+    with session_scope(engine) as session:
+        version = session.scalars(select(ModelVersion).where(ModelVersion.source_job_id == job_id)).first()
+        if version is None:
+            version = register_version(session, store, params.model_name, artifact, source_job_id=job_id)
+        return {"ref": version.ref, "name": version.model.name, "version": version.version, "sha256": version.sha256}
+
+
+def _checkpoint_epoch(out_dir: Path) -> int:
+    """Epochs the last checkpoint holds (0 without one): where this attempt starts."""
+    summary = out_dir / "checkpoints" / "last.json"
+    if not summary.is_file():
+        return 0
+    return int(json.loads(summary.read_text(encoding="utf-8")).get("epoch", 0))
+
+
+def _train(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonitor) -> dict[str, Any]:
+    from models.trainer import train
+
+    start = time.perf_counter()
+    params = TrainingParams.parse(claim.params)
+    device = default_device()
+    cfg = train_config(params, device)
+    monitor.progress(phase="loading_data")
+    pairs, description = _load_pairs(engine, store, params)
+    train_pairs, val_pairs = split_by_subject(pairs, params.val_fraction)
+    description |= {"n_train_pairs": len(train_pairs), "n_val_pairs": len(val_pairs),
+                    "val_fraction": params.val_fraction}
+    out_dir = store.job_dir(claim.job_id) / TRAIN_DIR
+    resumed_from = _checkpoint_epoch(out_dir)
+    if resumed_from:
+        log.info("training job %s: attempt %d resumes after epoch %d", claim.job_id, claim.attempt, resumed_from)
+    result = train(cfg, train_pairs, out_dir, val_pairs=val_pairs or None, callback=_Progress(monitor),
+                   data_description=description)
+    monitor.progress(phase="registering_model")
+    monitor.confirm()  # still ours: a cancelled or overtaken job registers nothing
+    model = _registered(engine, store, params, claim.job_id, result.out_dir / "model")
+    last = result.history[-1] if result.history else {}
+    return {"model": model, "validation": {k: last[k] for k in ("val_dice", "val_folding_pct") if k in last},
+            "data": description, "device": device, "attempt": claim.attempt, "resumed_from_epoch": resumed_from,
+            "epochs_run": len(result.history), "wall_s": round(time.perf_counter() - start, 2)}
+
+
+def run_training(job_id: str, *, settings: Settings | None = None) -> None:
+    """Run training job ``job_id`` to its end (or resume it); a no-op when it is gone or finished."""
+    settings = settings or get_settings()
+    engine = get_engine(settings.database_url, settings.db_busy_timeout_ms)
+    store = LocalArtifactStore(settings.artifact_dir)
+    claim = claim_job(engine, job_id, JobKind.TRAINING, settings.max_attempts)
+    if claim is None:
+        return
+    monitor = JobMonitor(engine, claim, settings.heartbeat_interval_s, settings.progress_min_interval_s)
+    try:
+        with monitor:
+            result = _train(claim, engine, store, monitor)
+    except JobStopped as stop:
+        log.info("training job %s: %s, stopped", job_id, stop.reason)
+        if stop.reason == "cancelled":
+            finish_job(engine, claim, JobStatus.CANCELLED)
+        return
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as error:  # recorded on the job: the row is the truth, the task ends cleanly
+        failure = describe_failure(error, hide=store.job_dir(job_id))
+        log.log(logging.ERROR if failure.traceback else logging.INFO, "training job %s failed: %s", job_id,
+                failure.error_text, exc_info=failure.traceback is not None)
+        finish_job(engine, claim, JobStatus.FAILED, result={"error": failure.to_dict()}, error=failure.error_text)
+        return
+    finish_job(engine, claim, JobStatus.SUCCEEDED, result=result)
+
+
+@app.task(name=TRAINING_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,
+          retry_jitter=True, max_retries=5)
+def run(job_id: str) -> None:
+    """Celery's wrapper of :func:`run_training` (retried with backoff on transient errors only)."""
+    run_training(job_id)
