@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.intensity import IntensityConfig
-from models.networks.estimator import DisplacementEstimator, EstimatorConfig, build_estimator
+from models.networks.estimator import DisplacementEstimator, EstimatorConfig, build_estimator, resolve_options
 
 __all__ = ["ARTIFACT_FORMAT", "LoadedModel", "save_artifact", "load_artifact", "write_json_atomic"]
 
@@ -71,7 +71,8 @@ def save_artifact(directory: str | Path, estimator: DisplacementEstimator, confi
     os.replace(tmp, directory / WEIGHTS)
     write_json_atomic(directory / CONFIG, {
         "format": ARTIFACT_FORMAT,
-        "estimator": config.to_dict(),
+        # Every option spelled out: the artifact rebuilds the same network if a default changes later.
+        "estimator": resolve_options(config).to_dict(),
         "intensity": intensity.to_dict(),
         "train_shape": list(train_shape) if train_shape else None,
         "train_spacing_mm": list(train_spacing_mm) if train_spacing_mm else None,

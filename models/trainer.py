@@ -1,16 +1,22 @@
-"""Algorithm 1 of AdaCS: warm-ups, then per-step alternation of the two networks.
+"""Algorithm 1 of AdaCS, and the baselines on the same loop, selected by ``TrainConfig.method``.
 
 Reads top to bottom: config, schedule (pure functions of the epoch), the two update steps, the
 loop (sample, update, validate, log, checkpoint). Budgets are counted in optimiser updates:
 ``steps_per_epoch`` updates per epoch, each of ``batch_size`` pairs accumulated over micro-batches of
 ``micro_batch_size`` (the authors: batch 8 as two micro-batches of 4).
 
-Epochs, with ``W = warmup_epochs`` and ``E = epochs``:
-- ``adacs``: ``W`` of the displacement estimator alone (``S ≡ 1``, Eq. 1), ``W`` of the scoring
-  network alone (estimator frozen), then ``E`` alternating epochs: one estimator update on Eq. 2,
-  then one scoring update on Eq. 9 with residuals of the just-updated estimator.
-- ``none`` (vanilla): ``W + E`` epochs on Eq. 1, i.e. exactly as many displacement updates as AdaCS
-  makes, so the same flags give a fair comparison (SPEC, Algorithm 1).
+The method (``models.objectives.METHODS``) supplies the parts of the objective; the loop knows only
+whether there is a scoring network and whether there is an auxiliary network. Epochs, with
+``W = warmup_epochs`` and ``E = epochs``:
+- with a scoring network (``adacs`` and its ablations ``adacs-scs-only``, ``adacs-no-tv``): ``W`` of
+  the displacement estimator alone (``S ≡ 1``, Eq. 1), ``W`` of the scoring network alone (estimator
+  frozen), then ``E`` alternating epochs: one estimator update on Eq. 2, then one scoring update on
+  the method's scoring terms with residuals of the just-updated estimator.
+- without (``none``, ``nll``, ``beta-nll``, ``adareg``, ``adaframe``): ``W + E`` epochs of
+  displacement updates on the method's objective, i.e. exactly as many displacement updates as AdaCS
+  makes, so the same flags give a fair comparison (SPEC, Algorithm 1). An auxiliary network (NLL's
+  variance U-Net) has its own Adam, stepped in every displacement update on the same loss: the
+  joint training of Kendall & Gal (with equal learning rates, exactly one Adam over both networks).
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ from models.intensity import IntensityConfig
 from models.losses import momentum_update, scoring_activation
 from models.networks.estimator import DisplacementEstimator, EstimatorConfig, build_estimator
 from models.networks.scoring import ScoringNet
-from models.objectives import METHODS, Method, directions, displacement_loss, scoring_objective
+from models.objectives import (
+    METHODS,
+    BaselineConstants,
+    Method,
+    directions,
+    displacement_loss,
+    score_maps,
+    scoring_objective,
+)
 
 __all__ = ["TrainConfig", "ProgressEvent", "TrainResult", "train", "phase_of_epoch", "total_epochs",
            "PHASE_WARMUP_DISPLACEMENT", "PHASE_WARMUP_SCORING", "PHASE_ALTERNATING", "PHASE_DISPLACEMENT"]
@@ -56,6 +70,12 @@ class TrainConfig:
     alpha: float = 0.02
     beta: float = 1.5
     kappa: float = 50.0
+    # The baselines' constants (SPEC "Baselines"; documented in models.objectives.BaselineConstants).
+    beta_nll: float = BaselineConstants.beta_nll
+    adareg_sigma: float = BaselineConstants.adareg_sigma
+    adaframe_a: float = BaselineConstants.adaframe_a
+    adaframe_b: float = BaselineConstants.adaframe_b
+    auxiliary_lr: float | None = None  # None: the same as lr (the auxiliary network trains jointly with f_θ)
     bidir: bool = True
     seed: int = 0
     val_max_pairs: int = 64
@@ -70,6 +90,11 @@ class TrainConfig:
         return out
 
     @property
+    def constants(self) -> BaselineConstants:
+        return BaselineConstants(beta_nll=self.beta_nll, adareg_sigma=self.adareg_sigma,
+                                 adaframe_a=self.adaframe_a, adaframe_b=self.adaframe_b)
+
+    @property
     def accum_steps(self) -> int:
         return self.batch_size // self.micro_batch_size
 
@@ -81,16 +106,18 @@ class TrainConfig:
                              f"{self.micro_batch_size}")
         if min(self.epochs, self.warmup_epochs) < 0 or self.steps_per_epoch < 1:
             raise ValueError("epochs and warmup_epochs must be >= 0 and steps_per_epoch >= 1")
+        if self.adareg_sigma <= 0:
+            raise ValueError(f"adareg_sigma must be > 0, got {self.adareg_sigma}")
 
 
 def total_epochs(cfg: TrainConfig) -> int:
-    warmups = 2 if METHODS[cfg.method].uses_scoring else 1
+    warmups = 2 if METHODS[cfg.method].scoring is not None else 1
     return warmups * cfg.warmup_epochs + cfg.epochs
 
 
 def phase_of_epoch(epoch: int, cfg: TrainConfig) -> str:
     """The phase of a 0-based epoch: a pure function, so resuming needs no phase bookkeeping."""
-    if not METHODS[cfg.method].uses_scoring:
+    if METHODS[cfg.method].scoring is None:
         return PHASE_DISPLACEMENT
     if epoch < cfg.warmup_epochs:
         return PHASE_WARMUP_DISPLACEMENT
@@ -128,43 +155,59 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | None,
-                         optimizer: torch.optim.Optimizer, micro: Sequence[Batch], cfg: TrainConfig) -> dict:
-    """One optimiser update of ``f_θ`` on Eq. 2 (Eq. 1 when ``scorer`` is None)."""
-    optimizer.zero_grad(set_to_none=True)
+                         optimizer: torch.optim.Optimizer, micro: Sequence[Batch], cfg: TrainConfig,
+                         auxiliary: torch.nn.Module | None = None,
+                         auxiliary_optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """One optimiser update of ``f_θ`` on the method's displacement objective.
+
+    ``scorer``: the scoring network whose detached scores weigh the data term (Eq. 2), or None
+    (Eq. 1 for AdaCS's warm-up). ``auxiliary``: the method's auxiliary network, updated jointly by
+    ``auxiliary_optimizer`` on the same loss, whose maps the data term reads (NLL's ``s``), or None.
+    """
+    method = METHODS[cfg.method]
+    optimizers = [optimizer] + ([auxiliary_optimizer] if auxiliary_optimizer is not None else [])
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
     logs = {"loss_de": 0.0, "data": 0.0, "smooth": 0.0}
     for moving, fixed in micro:
         deformation = estimator(moving, fixed)
         dirs = directions(moving, fixed, deformation, cfg.bidir)
-        scores = None
+        maps = None
         if scorer is not None:
             with torch.no_grad():  # sg[S]: the scores are constants for f_θ
-                scores = _scores(scorer, dirs)
-        loss = displacement_loss(dirs, deformation, cfg.lam, cfg.estimator.int_downsize, scores)
+                maps = score_maps(scorer, dirs)
+        if auxiliary is not None:  # trained jointly: its maps keep their graph
+            maps = method.auxiliary.maps(auxiliary, dirs)
+            logs[method.auxiliary.log_key] = logs.get(method.auxiliary.log_key, 0.0) + \
+                torch.stack([m.detach().mean() for m in maps]).mean().item() / len(micro)
+        loss = displacement_loss(dirs, deformation, cfg.lam, cfg.estimator.int_downsize, maps,
+                                 data_term=method.data_term, regulariser=method.regulariser,
+                                 constants=cfg.constants)
         (loss.total / len(micro)).backward()
-        for key, value in (("loss_de", loss.total), ("data", loss.data), ("smooth", loss.smooth)):
-            logs[key] += value.item() / len(micro)
-    optimizer.step()
+        for key, value in (("loss_de", loss.total), ("data", loss.data), ("smooth", loss.smooth),
+                           ("aux", loss.aux)):
+            if value is not None:
+                logs[key] = logs.get(key, 0.0) + value.item() / len(micro)
+    for opt in optimizers:
+        opt.step()
     # μ's scale (SPEC Eq. 5): the data term averaged over directions, halved again when bidirectional.
+    # Methods without a scoring network log m_t of their own data term as a diagnostic only.
     logs["mu_sample"] = logs["data"] / (2 if cfg.bidir else 1)
     return logs
 
 
-def _scores(scorer: ScoringNet, dirs: list) -> list[torch.Tensor]:
-    """Score every direction's target in one batched forward (cheaper than one call per direction)."""
-    scores = scorer(torch.cat([d.target for d in dirs]))
-    return list(scores.chunk(len(dirs)))
-
-
 def _scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimizer: torch.optim.Optimizer,
                     micro: Sequence[Batch], m_t: float, cfg: TrainConfig) -> dict:
-    """One optimiser update of ``g_ϕ`` on Eq. 9 with residuals of the current (frozen) ``f_θ``."""
+    """One optimiser update of ``g_ϕ`` on the method's scoring terms (Eq. 9 for AdaCS) with residuals
+    of the current (frozen) ``f_θ``."""
+    terms = METHODS[cfg.method].scoring
     optimizer.zero_grad(set_to_none=True)
     logs = {"loss_se": 0.0, "scs": 0.0, "reg": 0.0, "tv": 0.0, "score_mean": 0.0}
     for moving, fixed in micro:
         with torch.no_grad():  # sg[r]: no graph through f_θ, so no gradient can reach θ
             dirs = directions(moving, fixed, estimator(moving, fixed), cfg.bidir)
-        scores = _scores(scorer, dirs)
-        loss = scoring_objective(dirs, scores, m_t, cfg.alpha)
+        scores = score_maps(scorer, dirs)
+        loss = scoring_objective(dirs, scores, m_t, cfg.alpha, terms)
         (loss.total / len(micro)).backward()
         for key, value in (("loss_se", loss.total), ("scs", loss.scs), ("reg", loss.reg), ("tv", loss.tv)):
             logs[key] += value.item() / len(micro)
@@ -234,13 +277,16 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
     cfg.estimator = EstimatorConfig(**{**asdict(cfg.estimator), "ndim": moving_all.dim() - 2})
     val = _prepare_val(val_pairs, cfg)
 
-    # Build: both networks, both optimisers, the sampler; everything seeded.
+    # Build: the method's networks and their optimisers, the sampler; everything seeded.
     torch.manual_seed(cfg.seed)
     estimator = build_estimator(cfg.estimator).to(device)
-    scorer = ScoringNet(cfg.estimator.ndim, cfg.estimator.enc, cfg.estimator.dec).to(device) \
-        if method.uses_scoring else None
+    net_shape = (cfg.estimator.ndim, cfg.estimator.enc, cfg.estimator.dec)
+    scorer = ScoringNet(*net_shape).to(device) if method.scoring is not None else None
+    auxiliary = method.auxiliary.build(*net_shape).to(device) if method.auxiliary is not None else None
     opt_de = torch.optim.Adam(estimator.parameters(), lr=cfg.lr)
     opt_se = torch.optim.Adam(scorer.parameters(), lr=cfg.scoring_lr or cfg.lr) if scorer is not None else None
+    opt_aux = torch.optim.Adam(auxiliary.parameters(), lr=cfg.auxiliary_lr or cfg.lr) \
+        if auxiliary is not None else None
     sampler = torch.Generator().manual_seed(cfg.seed)
     start_epoch, global_step, m_t, history = 0, 0, 0.0, []
 
@@ -253,6 +299,9 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
         if scorer is not None:
             scorer.load_state_dict(state["scorer"])
             opt_se.load_state_dict(state["opt_se"])
+        if auxiliary is not None:
+            auxiliary.load_state_dict(state["auxiliary"])
+            opt_aux.load_state_dict(state["opt_auxiliary"])
         sampler.set_state(state["rng"]["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, global_step, m_t = state["epoch"], state["global_step"], state["m_t"]
@@ -270,7 +319,7 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
             logs: dict[str, float] = {}
             if phase != PHASE_WARMUP_SCORING:
                 use_scores = scorer if phase == PHASE_ALTERNATING else None
-                logs.update(_displacement_update(estimator, use_scores, opt_de, micro, cfg))
+                logs.update(_displacement_update(estimator, use_scores, opt_de, micro, cfg, auxiliary, opt_aux))
                 # Eqs. 5-7: μ_t is the epoch's running mean; m_t moves after every displacement update.
                 mu_samples.append(logs["mu_sample"])
                 m_t = momentum_update(m_t, float(np.mean(mu_samples)), epoch, cfg.kappa, cfg.beta)
@@ -299,6 +348,8 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
             "estimator": estimator.state_dict(), "opt_de": opt_de.state_dict(),
             "scorer": scorer.state_dict() if scorer is not None else None,
             "opt_se": opt_se.state_dict() if opt_se is not None else None,
+            "auxiliary": auxiliary.state_dict() if auxiliary is not None else None,
+            "opt_auxiliary": opt_aux.state_dict() if opt_aux is not None else None,
             "rng": {"sampler": sampler.get_state(), "torch": torch.get_rng_state()},
             "history": history,
         }, {"epoch": epoch + 1, "total_epochs": n_epochs, "global_step": global_step, "m_t": m_t,
@@ -325,8 +376,13 @@ def _typical_spacing(pairs: Sequence[PairSample]) -> tuple[float, ...] | None:
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
-    """A checkpoint resumes only the same run; only the number of main epochs may grow."""
-    current = cfg.to_dict()
+    """A checkpoint resumes only the same run; only the number of main epochs may grow.
+
+    A setting missing from the checkpoint was added after it was written, when the run behaved as
+    the setting's default does: it counts as the default.
+    """
+    current, defaults = cfg.to_dict(), TrainConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     differ = [k for k in current if k not in ("epochs", "picture_every", "device", "val_max_pairs")
               and saved.get(k) != current[k]]
     if differ:

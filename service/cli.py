@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.cli_remote import REMOTE_COMMANDS, add_remote_commands
+from service.cli_remote import REMOTE_COMMANDS, add_remote_commands, arch_option
 
 __all__ = ["main", "build_parser"]
 
@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="training data SPEC: synthetic[:k=v,...] or acdc-h5:PATH[:split]")
     t.add_argument("--val-data", help="validation data SPEC (default: the val split of acdc-h5 data, or "
                                       "a differently seeded phantom set for synthetic data; 'none' for none)")
-    t.add_argument("--arch", default="voxelmorph", help="displacement estimator architecture")
+    t.add_argument("--arch", default="voxelmorph", help="displacement estimator: voxelmorph, transmorph or "
+                                                         "diffusemorph")
+    t.add_argument("--arch-option", dest="arch_options", type=arch_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="an architecture size, e.g. embed_dim=48 or depths=[2,2,4] (JSON "
+                                             "values; repeatable; see models/networks/*.py for the options)")
     t.add_argument("--method", default="adacs", help="training method: adacs; none (vanilla); the baselines nll, "
                                                      "beta-nll, adareg, adaframe; the ablations adacs-scs-only "
                                                      "(Eq. 3 alone) and adacs-no-tv (Eqs. 3-4)")
@@ -130,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       kappa=args.kappa,
                       bidir=not args.no_bidir, seed=args.seed, picture_every=args.picture_every,
                       device=_device(args.device),
-                      estimator=EstimatorConfig(arch=args.arch, enc=args.enc, dec=args.dec, int_steps=args.int_steps))
+                      estimator=EstimatorConfig(arch=args.arch, enc=args.enc, dec=args.dec, int_steps=args.int_steps,
+                                                options=dict(args.arch_options)))
     cfg.validate()
     train_pairs = load_pairs(args.data)
     val_spec = args.val_data if args.val_data is not None else _default_val_spec(args.data)

@@ -31,14 +31,19 @@ OUTPUTS = ("displacement", "warped-image", "warped-mask", "report", "preview.png
 HYPERPARAMETERS: tuple[tuple[str, Callable[[str], Any]], ...] = (
     ("epochs", int), ("warmup_epochs", int), ("steps_per_epoch", int), ("batch_size", int),
     ("micro_batch_size", int), ("lr", float), ("scoring_lr", float), ("lam", float), ("alpha", float),
-    ("beta", float), ("kappa", float), ("seed", int))
+    ("beta", float), ("kappa", float), ("seed", int), ("beta_nll", float), ("adareg_sigma", float),
+    ("adaframe_a", float), ("adaframe_b", float), ("auxiliary_lr", float))
 
 
-def _int_list(text: str) -> list[int]:
+def arch_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a JSON value (``depths=[2,2,4]``, ``embed_dim=48``); a bare word stays a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 # -- shared helpers ------------------------------------------------------------------------------------
@@ -235,7 +240,8 @@ def cmd_train_remote(client, args: argparse.Namespace) -> int:
     if args.crop is not None:
         hyperparameters["crop"] = args.crop
     job = client.train(args.dataset, args.model_name, architecture=args.arch, method=args.method,
-                       hyperparameters=hyperparameters or None, val_fraction=args.val_fraction)
+                       hyperparameters=hyperparameters or None, val_fraction=args.val_fraction,
+                       architecture_options=dict(args.arch_options) or None)
     if not args.json:
         print(job["id"], flush=True)
     if not args.wait:
@@ -323,13 +329,16 @@ def _add_train_remote(sub, common: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train-remote", parents=[common], help="queue a training on a server, on an uploaded dataset")
     t.add_argument("--dataset", required=True, help="dataset id (adacs datasets upload / list)")
     t.add_argument("--model-name", required=True, help="model to register the result as (a new version)")
-    t.add_argument("--arch", default="voxelmorph", help="displacement estimator architecture")
-    t.add_argument("--method", default="adacs", help="training method: adacs or none (vanilla)")
+    t.add_argument("--arch", default="voxelmorph", help="voxelmorph, transmorph or diffusemorph")
+    t.add_argument("--arch-option", dest="arch_options", type=arch_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="an architecture size (JSON value; repeatable), e.g. embed_dim=48")
+    t.add_argument("--method", default="adacs", help="adacs, none (vanilla), nll, beta-nll, adareg, adaframe, "
+                                                     "adacs-scs-only or adacs-no-tv")
     t.add_argument("--val-fraction", type=float, help="share of subjects held out for validation")
     for name, kind in HYPERPARAMETERS:
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, help="(default: the server's)")
     t.add_argument("--no-bidir", action="store_true", help="train one direction only")
-    t.add_argument("--crop", type=_int_list, help="training crop, e.g. 128,128")
+    t.add_argument("--crop", type=int, help="side of the training crops (acdc, manifest) or grid (camus)")
     t.add_argument("--wait", action="store_true", help="follow the training with a progress bar until it ends")
     t.add_argument("--timeout", type=float, help="seconds to wait at most (default: no limit)")
 

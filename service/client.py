@@ -323,10 +323,13 @@ class AdacsClient:
     # -- training jobs -----------------------------------------------------------------------------------
 
     def train(self, dataset_id: str, model_name: str, architecture: str = "voxelmorph", method: str = "adacs",
-              hyperparameters: dict[str, Any] | None = None, val_fraction: float | None = None) -> Job:
+              hyperparameters: dict[str, Any] | None = None, val_fraction: float | None = None,
+              architecture_options: dict[str, Any] | None = None) -> Job:
         """Queue a training of ``model_name`` on a dataset; hyperparameters left out take the server's defaults."""
         body: dict[str, Any] = {"dataset_id": dataset_id, "model_name": model_name, "architecture": architecture,
                                 "method": method}
+        if architecture_options:
+            body["architecture_options"] = architecture_options
         if hyperparameters:
             body["hyperparameters"] = hyperparameters
         if val_fraction is not None:

@@ -186,3 +186,46 @@ def test_adacs_trains_in_3d(tmp_path):
     assert result.estimator.flow.weight.shape[:2] == (3, 8)  # a 3-channel field from 3D convolutions
     assert 0.0 <= result.history[-1]["val_dice"] <= 100.0
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_interrupted_and_resumed_nll_run_equals_uninterrupted(pairs, tmp_path):
+    """A method with an auxiliary network (NLL's variance U-Net and its Adam) resumes bit for bit too."""
+    cfg = lambda: tiny_config(method="nll", epochs=2)  # noqa: E731  3 displacement epochs
+    full = train(cfg(), pairs, tmp_path / "full")
+
+    def stop_after_second_epoch(event):
+        if event.kind == "epoch" and event.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg(), pairs, tmp_path / "resumed", callback=stop_after_second_epoch)
+    resumed = train(cfg(), pairs, tmp_path / "resumed")
+    full_state, resumed_state = full.estimator.state_dict(), resumed.estimator.state_dict()
+    assert all(torch.equal(full_state[k], resumed_state[k]) for k in full_state)
+    full_aux, resumed_aux = (load_checkpoint(tmp_path / run / "checkpoints")["auxiliary"]
+                             for run in ("full", "resumed"))
+    assert all(torch.equal(full_aux[k], resumed_aux[k]) for k in full_aux)
+    assert [h["loss_de"] for h in full.history] == [h["loss_de"] for h in resumed.history]
+    assert [h["log_var_mean"] for h in full.history] == [h["log_var_mean"] for h in resumed.history]
+
+
+def test_a_checkpoint_from_before_the_baselines_still_resumes(pairs, tmp_path):
+    """Checkpoints written before the baselines existed lack their settings and networks: they resume."""
+    full = train(tiny_config(), pairs, tmp_path / "full")
+
+    def stop_after_second_epoch(event):
+        if event.kind == "epoch" and event.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_config(), pairs, tmp_path / "old", callback=stop_after_second_epoch)
+    path = tmp_path / "old" / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    for key in ("auxiliary", "opt_auxiliary"):
+        del state[key]
+    for key in ("beta_nll", "adareg_sigma", "adaframe_a", "adaframe_b", "auxiliary_lr"):
+        del state["train_config"][key]
+    torch.save(state, path)
+    resumed = train(tiny_config(), pairs, tmp_path / "old")
+    full_state, resumed_state = full.estimator.state_dict(), resumed.estimator.state_dict()
+    assert all(torch.equal(full_state[k], resumed_state[k]) for k in full_state)

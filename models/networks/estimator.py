@@ -1,16 +1,24 @@
 """Displacement estimators: a backbone, a flow head and velocity integration.
 
-Every architecture (VoxelMorph now; TransMorph and DiffuseMorph plug in the same way) is a
-backbone mapping the concatenated ``(moving, fixed)`` pair to features at full resolution. The
-common part turns those features into a stationary velocity, integrates it (scaling and squaring at
-``1/int_downsize`` resolution) and returns the forward and inverse displacements, so the trainer
-and every loss are architecture-agnostic.
+Every architecture is a backbone producing features at full resolution; the common part turns them
+into a stationary velocity, integrates it (scaling and squaring at ``1/int_downsize`` resolution)
+and returns the forward and inverse displacements, so the trainer and every loss are
+architecture-agnostic. Two kinds of backbone:
+
+- a plain ``nn.Module`` maps the concatenated pair ``(B, 2, *spatial)`` to features
+  (VoxelMorph's U-Net, TransMorph);
+- a :class:`PairBackbone` reads ``moving`` and ``fixed`` separately and returns
+  ``(features, aux_loss)``: extra training terms (DiffuseMorph's denoising loss), ``None`` in
+  eval mode. The estimator passes it on as :attr:`Deformation.aux_loss`.
+
+Architecture-specific sizes live in ``EstimatorConfig.options`` and are parsed into a frozen
+dataclass per architecture (unknown keys are an error, not silently ignored).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -18,7 +26,8 @@ from torch import nn
 from models.integrate import VelocityIntegrator, resize_field
 from models.networks.unet import UNet, conv_nd
 
-__all__ = ["Deformation", "DisplacementEstimator", "EstimatorConfig", "build_estimator", "ARCHITECTURES"]
+__all__ = ["ARCHITECTURES", "Deformation", "DisplacementEstimator", "EstimatorConfig", "PairBackbone",
+           "build_estimator", "parse_options", "resolve_options"]
 
 
 @dataclass(frozen=True)
@@ -52,15 +61,39 @@ class Deformation:
     ``vel`` is the velocity at integration resolution (what the smoothness term ``R(u)`` reads);
     ``disp`` pulls ``moving`` onto the ``fixed`` grid and ``disp_inv`` pulls ``fixed`` onto the
     ``moving`` grid (integrated from ``-vel``; the second direction of bidirectional training).
+
+    ``aux_loss`` is a scalar: extra training terms an architecture adds to the displacement
+    objective, already weighted (e.g. DiffuseMorph's denoising loss times ``diffusion_weight``);
+    ``None`` at inference (eval mode) and for architectures without one. The trainer adds it, as
+    is, to the loss it backpropagates through the estimator.
     """
 
     vel: torch.Tensor
     disp: torch.Tensor
     disp_inv: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+
+
+class PairBackbone(nn.Module):
+    """A backbone that reads the pair separately and may add a training term.
+
+    Subclasses set ``out_channels`` and implement ``forward(moving, fixed) -> (features, aux_loss)``
+    with ``moving``, ``fixed`` ``(B, 1, *spatial)``, ``features`` ``(B, out_channels, *spatial)``
+    and ``aux_loss`` a scalar or ``None`` (always ``None`` in eval mode). Random draws (noise,
+    timesteps) must come from torch's global RNG, which the trainer seeds.
+    """
+
+    out_channels: int
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
 
 
 class DisplacementEstimator(nn.Module):
-    """``(moving, fixed)`` each ``(B, 1, *spatial)`` -> :class:`Deformation`."""
+    """``(moving, fixed)`` each ``(B, 1, *spatial)`` -> :class:`Deformation`.
+
+    ``backbone`` is a plain module of the concatenated pair or a :class:`PairBackbone`.
+    """
 
     def __init__(self, backbone: nn.Module, ndim: int, int_steps: int = 7, int_downsize: int = 2) -> None:
         super().__init__()
@@ -76,20 +109,75 @@ class DisplacementEstimator(nn.Module):
         if moving.shape != fixed.shape:
             raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must match")
         shape = tuple(fixed.shape[2:])
-        flow = self.flow(self.backbone(torch.cat([moving, fixed], dim=1)))
+        if isinstance(self.backbone, PairBackbone):
+            features, aux_loss = self.backbone(moving, fixed)
+        else:
+            features, aux_loss = self.backbone(torch.cat([moving, fixed], dim=1)), None
+        flow = self.flow(features)
         if self.int_steps == 0:
-            return Deformation(vel=flow, disp=flow, disp_inv=-flow)
+            return Deformation(vel=flow, disp=flow, disp_inv=-flow, aux_loss=aux_loss)
         vel = resize_field(flow, self.integrator.low_res_shape(shape))
-        return Deformation(vel=vel, disp=self.integrator(vel, shape), disp_inv=self.integrator(-vel, shape))
+        return Deformation(vel=vel, disp=self.integrator(vel, shape), disp_inv=self.integrator(-vel, shape),
+                           aux_loss=aux_loss)
+
+
+def parse_options(kind: type, config: EstimatorConfig):
+    """``config.options`` as the architecture's options dataclass ``kind``; unknown keys are a ValueError."""
+    known = [f.name for f in fields(kind)]
+    unknown = sorted(set(config.options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown options {unknown} for architecture {config.arch!r}; known: {known}")
+    return kind(**config.options)
+
+
+def _option_types() -> dict[str, type | None]:
+    # Imported here, not at the top: TransMorph pulls in MONAI (slow to import), and DiffuseMorph's
+    # module imports PairBackbone from this one.
+    from models.networks.diffusemorph import DiffuseMorphOptions
+    from models.networks.transmorph import TransMorphOptions
+
+    return {"voxelmorph": None, "transmorph": TransMorphOptions, "diffusemorph": DiffuseMorphOptions}
+
+
+def resolve_options(config: EstimatorConfig) -> EstimatorConfig:
+    """``config`` with every option of its architecture spelled out (defaults filled in, JSON types).
+
+    Storing this in ``config.json`` makes an artifact rebuild the same network even if a default
+    changes later, and lets tools without torch (the registry) read its sizes.
+    """
+    kind = _option_types().get(config.arch)
+    if kind is None:
+        return config
+    options = asdict(parse_options(kind, config))
+    return replace(config, options={k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
 
 
 def _voxelmorph(config: EstimatorConfig) -> DisplacementEstimator:
+    if config.options:
+        raise ValueError(f"voxelmorph takes no options (its sizes are enc/dec), got {sorted(config.options)}")
     backbone = UNet(config.ndim, in_channels=2, enc=config.enc, dec=config.dec)
     return DisplacementEstimator(backbone, config.ndim, config.int_steps, config.int_downsize)
 
 
+def _transmorph(config: EstimatorConfig) -> DisplacementEstimator:
+    """TransMorph; ``enc``/``dec`` are not used (they size only the AdaCS scoring network)."""
+    from models.networks.transmorph import TransMorphBackbone, TransMorphOptions
+
+    backbone = TransMorphBackbone(config.ndim, parse_options(TransMorphOptions, config))
+    return DisplacementEstimator(backbone, config.ndim, config.int_steps, config.int_downsize)
+
+
+def _diffusemorph(config: EstimatorConfig) -> DisplacementEstimator:
+    """DiffuseMorph; ``enc``/``dec`` size its deformation network (a VoxelMorph U-Net)."""
+    from models.networks.diffusemorph import DiffuseMorphBackbone, DiffuseMorphOptions
+
+    backbone = DiffuseMorphBackbone(config.ndim, parse_options(DiffuseMorphOptions, config), config.enc, config.dec)
+    return DisplacementEstimator(backbone, config.ndim, config.int_steps, config.int_downsize)
+
+
 #: Architecture name -> builder. The trainer and the artifact loader only see this table.
-ARCHITECTURES: dict[str, Callable[[EstimatorConfig], DisplacementEstimator]] = {"voxelmorph": _voxelmorph}
+ARCHITECTURES: dict[str, Callable[[EstimatorConfig], DisplacementEstimator]] = {
+    "voxelmorph": _voxelmorph, "transmorph": _transmorph, "diffusemorph": _diffusemorph}
 
 
 def build_estimator(config: EstimatorConfig) -> DisplacementEstimator:

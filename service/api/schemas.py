@@ -171,6 +171,11 @@ class TrainingHyperparameters(BaseModel):
     kappa: float = Field(50.0, gt=0, description="momentum activation scale κ")
     bidir: bool = Field(True, description="train both directions")
     seed: int = Field(0, ge=0)
+    beta_nll: float = Field(0.5, ge=0, le=1, description="β of the β-NLL baseline")
+    adareg_sigma: float = Field(1.0, gt=0, description="σ_r of the AdaReg baseline")
+    adaframe_a: float = Field(2.0, gt=0, description="slope a of the AdaFrame weight")
+    adaframe_b: float = Field(1.5, description="offset b of the AdaFrame weight")
+    auxiliary_lr: float | None = Field(None, gt=0, le=1, description="of the NLL variance network (default: lr)")
     crop: int | None = Field(128, ge=8, le=1024, description="side of the training crops (acdc, manifest) or "
                                                              "grid (camus); null keeps the data's grid")
 
@@ -181,6 +186,9 @@ class TrainingJobCreate(BaseModel):
     dataset_id: str
     model_name: str = Field(description="registry name the trained estimator is registered under (a new version)")
     architecture: str = Field("voxelmorph", description="displacement estimator")
+    architecture_options: dict[str, Any] = Field(
+        default_factory=dict, description="sizes of the architecture, e.g. {'embed_dim': 48} for transmorph "
+                                          "(see models/networks/*.py); unknown keys fail the job")
     method: str = Field("adacs", description="adacs, or a baseline (none = vanilla)")
     hyperparameters: TrainingHyperparameters = Field(default_factory=TrainingHyperparameters)
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects held out for validation Dice")
@@ -196,6 +204,7 @@ class TrainingJobPublic(BaseModel):
     dataset_id: str
     model_name: str
     architecture: str
+    architecture_options: dict[str, Any] = Field(default_factory=dict)
     method: str
     hyperparameters: dict[str, Any]
     val_fraction: float

@@ -33,9 +33,24 @@ def _voxelmorph_tensors(estimator: dict[str, Any]) -> int:
     return 2 * (len(estimator["enc"]) + len(estimator["dec"])) + 2
 
 
+def _transmorph_tensors(estimator: dict[str, Any]) -> int:
+    # Per Swin block 14 tensors (norms, attention with its relative-position table and index, MLP),
+    # 11 per stage (patch merging, skip convolutions, decoder block), 15 for stem, head and flow.
+    depths = (estimator.get("options") or {}).get("depths", (2, 2, 2))
+    return 14 * sum(depths) + 11 * len(depths) + 15
+
+
+def _diffusemorph_tensors(estimator: dict[str, Any]) -> int:
+    # The VoxelMorph-sized deformation U-Net and flow head, plus 8 tensors per diffusion U-Net level
+    # and 2 for its noise head (the beta schedule is recomputed, not stored).
+    features = (estimator.get("options") or {}).get("features", (16, 32, 32))
+    return _voxelmorph_tensors(estimator) + 8 * len(features) + 2
+
+
 #: Architecture -> number of tensors in its state dict. A test checks every entry against
 #: ``models.networks.estimator.ARCHITECTURES``, so a new architecture cannot be forgotten here.
-TENSOR_COUNTS: dict[str, Callable[[dict[str, Any]], int]] = {"voxelmorph": _voxelmorph_tensors}
+TENSOR_COUNTS: dict[str, Callable[[dict[str, Any]], int]] = {
+    "voxelmorph": _voxelmorph_tensors, "transmorph": _transmorph_tensors, "diffusemorph": _diffusemorph_tensors}
 
 
 @dataclass(frozen=True)

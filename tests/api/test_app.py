@@ -33,6 +33,15 @@ OPERATIONS = {
     ("GET", "/v1/registrations/{job_id}/warped-mask"): "registrations-download_warped_mask",
     ("GET", "/v1/registrations/{job_id}/report"): "registrations-download_report",
     ("GET", "/v1/registrations/{job_id}/preview.png"): "registrations-download_preview",
+    ("POST", "/v1/datasets"): "datasets-upload_dataset",
+    ("GET", "/v1/datasets"): "datasets-list_datasets",
+    ("GET", "/v1/datasets/{dataset_id}"): "datasets-read_dataset",
+    ("DELETE", "/v1/datasets/{dataset_id}"): "datasets-delete_dataset",
+    ("POST", "/v1/training-jobs"): "training-create_training_job",
+    ("GET", "/v1/training-jobs"): "training-list_training_jobs",
+    ("GET", "/v1/training-jobs/{job_id}"): "training-read_training_job",
+    ("POST", "/v1/training-jobs/{job_id}/cancel"): "training-cancel_training_job",
+    ("GET", "/v1/training-jobs/{job_id}/events"): "training-training_job_events",
 }
 
 

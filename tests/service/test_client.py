@@ -262,13 +262,13 @@ def test_wait_training_follows_the_stream_and_falls_back_to_polling(contract):
 
 def test_adacs_train_remote_wait_and_cancel(contract, capsys):
     argv = ["train-remote", "--server", contract.url, "--dataset", "ds-1", "--model-name", "heart", "--epochs", "2",
-            "--lr", "0.001", "--no-bidir", "--crop", "64,64", "--val-fraction", "0.25", "--wait"]
+            "--lr", "0.001", "--no-bidir", "--crop", "64", "--val-fraction", "0.25", "--wait"]
     assert adacs(argv) == 0
     out, err = capsys.readouterr()
     assert out.strip() == "t-full" and "succeeded: model heart:1" in err and "m_t=0.9" in err
     assert contract.seen["train"] == {"dataset_id": "ds-1", "model_name": "heart", "architecture": "voxelmorph",
                                       "method": "adacs", "val_fraction": 0.25,
-                                      "hyperparameters": {"epochs": 2, "lr": 0.001, "bidir": False, "crop": [64, 64]}}
+                                      "hyperparameters": {"epochs": 2, "lr": 0.001, "bidir": False, "crop": 64}}
     assert adacs(["wait", "t-drop", "--server", contract.url, "--json"]) == 0  # not a registration: a training
     assert json.loads(capsys.readouterr().out)["model_version"] == "heart:1"
     assert adacs(["cancel", "t-full", "--server", contract.url]) == 0

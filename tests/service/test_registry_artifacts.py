@@ -38,8 +38,8 @@ def test_tensor_count_must_match_the_config(make_artifact, tensors):
         check_artifact_dir(make_artifact(tensors=tensors))
     declared = {"format": 1, "n_tensors": 7, "estimator": {"arch": "transmorph"}}
     assert len(check_artifact_dir(make_artifact(tensors=tensors, config=declared, metadata={})).tensor_names) == 7
-    with pytest.raises(InvalidArtifact, match="unknown architecture 'transmorph'"):
-        check_artifact_dir(make_artifact(config={"format": 1, "estimator": {"arch": "transmorph"}}, metadata={}))
+    with pytest.raises(InvalidArtifact, match="unknown architecture 'morphnet'"):
+        check_artifact_dir(make_artifact(config={"format": 1, "estimator": {"arch": "morphnet"}}, metadata={}))
 
 
 @pytest.mark.parametrize("extra", ["scorer.safetensors", "checkpoints", ".DS_Store"])

@@ -6,7 +6,8 @@ The API commits a ``training`` job row (``queued``) whose ``params`` are::
 
     {"dataset_id": "<uuid>",                 # a ready row of ``datasets``, unpacked in the store
      "model_name": "cardiac",                # the registry name the estimator is registered under
-     "architecture": "voxelmorph", "method": "adacs",
+     "architecture": "voxelmorph", "architecture_options": {},   # e.g. {"embed_dim": 48}
+     "method": "adacs",
      "hyperparameters": {"epochs": 20, "warmup_epochs": 20, "steps_per_epoch": 50, "batch_size": 8,
                          "micro_batch_size": None, "lr": 1e-4, "scoring_lr": None, "lam": 0.01,
                          "alpha": 0.02, "beta": 1.5, "kappa": 50.0, "bidir": True, "seed": 0,
@@ -82,6 +83,7 @@ class TrainingParams:
     method: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.2
+    architecture_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> TrainingParams:
@@ -90,11 +92,13 @@ class TrainingParams:
             raise InvalidJobParams(f"training params lack {missing}")
         hp = params.get("hyperparameters") or {}
         fraction = params.get("val_fraction", 0.2)
-        if not isinstance(hp, dict) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
-            raise InvalidJobParams(f"hyperparameters must be an object and 0 <= val_fraction < 1, got {hp!r}, "
-                                   f"{fraction!r}")
+        options = params.get("architecture_options") or {}
+        if not isinstance(hp, dict) or not isinstance(options, dict) or not isinstance(fraction, int | float) \
+                or not 0 <= fraction < 1:
+            raise InvalidJobParams(f"hyperparameters and architecture_options must be objects and 0 <= val_fraction"
+                                   f" < 1, got {hp!r}, {options!r}, {fraction!r}")
         return cls(str(params["dataset_id"]), str(params["model_name"]), str(params["architecture"]),
-                   str(params["method"]), dict(hp), float(fraction))
+                   str(params["method"]), dict(hp), float(fraction), dict(options))
 
 
 def split_by_subject(pairs: list, val_fraction: float) -> tuple[list, list]:
@@ -123,10 +127,14 @@ def train_config(params: TrainingParams, device: str):
         raise InvalidJobParams(f"unknown hyperparameters {unknown}; known: {sorted(known)}")
     if hp.get("micro_batch_size") is None:
         hp["micro_batch_size"] = min(4, int(hp.get("batch_size", 8)))
-    cfg = TrainConfig(method=params.method, estimator=EstimatorConfig(arch=params.architecture), device=device, **hp)
+    from models.networks.estimator import resolve_options
+
+    estimator = EstimatorConfig(arch=params.architecture, options=params.architecture_options)
     try:
+        resolve_options(estimator)  # unknown option names fail now, naming the known ones
+        cfg = TrainConfig(method=params.method, estimator=estimator, device=device, **hp)
         cfg.validate()
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise InvalidJobParams(str(error)) from error
     return cfg
 

@@ -67,6 +67,7 @@ def _public(job: Job) -> TrainingJobPublic:
     return TrainingJobPublic(
         id=job.id, status=job.status.value, dataset_id=params.get("dataset_id", ""),
         model_name=params.get("model_name", ""), architecture=params.get("architecture", ""),
+        architecture_options=params.get("architecture_options") or {},
         method=params.get("method", ""), hyperparameters=params.get("hyperparameters", {}),
         val_fraction=params.get("val_fraction", 0.0), progress=job.progress or {}, error=job.error,
         attempts=job.attempts, cancel_requested=job.cancel_requested, created_at=job.created_at,
@@ -104,7 +105,8 @@ def create_training_job(body: TrainingJobCreate, request: Request, response: Res
     job = Job(id=new_id(), kind=JobKind.TRAINING, status=JobStatus.QUEUED,
               owner_key_id=key.id if key is not None else None,
               params={"dataset_id": body.dataset_id, "model_name": body.model_name,
-                      "architecture": body.architecture, "method": body.method,
+                      "architecture": body.architecture, "architecture_options": body.architecture_options,
+                      "method": body.method,
                       "hyperparameters": body.hyperparameters.model_dump(), "val_fraction": body.val_fraction})
     session.add(job)
     session.commit()
