@@ -20,15 +20,17 @@ REGISTRATION_TASK = "adacs.registration.run"
 TRAINING_TASK = "adacs.training.run"
 INFERENCE_QUEUE, TRAINING_QUEUE = "inference", "training"
 FILESYSTEM_POLLING_INTERVAL_S = 0.1
+FILESYSTEM_TRANSPORT = "service.fs_broker:Transport"  # repeated, not imported: kombu loads it by name
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
     """What a sender needs of Celery's configuration: where the broker is and how messages look."""
-    options = settings.broker_transport_options()
+    options, transport = settings.broker_transport_options(), None
     if (settings.broker_url or "").startswith("filesystem"):
         settings.ensure_directories()  # kombu's filesystem transport writes into existing folders only
         options["polling_interval"] = FILESYSTEM_POLLING_INTERVAL_S
-    return {"broker_url": settings.broker_url, "broker_transport_options": options,
+        transport = FILESYSTEM_TRANSPORT  # atomic writes (see service.fs_broker)
+    return {"broker_url": settings.broker_url, "broker_transport": transport, "broker_transport_options": options,
             "broker_connection_retry_on_startup": True, "broker_connection_max_retries": 3,
             "result_backend": None, "task_ignore_result": True, "task_serializer": "json",
             "accept_content": ["json"], "task_default_queue": INFERENCE_QUEUE}

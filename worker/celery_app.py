@@ -26,10 +26,11 @@ The choices, and why (Celery ``docs/faq.rst``, "Should I use retry or acks_late?
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from service.core.config import Settings, get_settings
 from worker.settings import WorkerSettings, get_worker_settings
@@ -62,6 +63,9 @@ def celery_config(settings: Settings, worker_settings: WorkerSettings | None = N
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": _transport_options(settings),
+        # kombu's filesystem transport can hand a consumer half a message; ours writes atomically.
+        "broker_transport": "service.fs_broker:Transport" if (settings.broker_url or "").startswith("filesystem")
+        else None,
         "broker_connection_retry_on_startup": True,
         "result_backend": settings.result_backend,
         "task_ignore_result": True,
@@ -101,10 +105,34 @@ def create_app(settings: Settings | None = None) -> Celery:
 app = create_app()
 
 
+_concurrency = 1  # processes of this worker's pool, learnt when the worker starts
+
+
+def torch_threads(concurrency: int, configured: int = 0, cores: int | None = None) -> int:
+    """Threads per process: ``configured``, or the cores shared out among the pool's processes."""
+    return configured or max(1, (cores or os.cpu_count() or 1) // max(1, concurrency))
+
+
+def _set_torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(torch_threads(_concurrency, get_worker_settings().torch_threads))
+
+
+@worker_init.connect
+def _size_the_threads(sender: Any = None, **_: Any) -> None:
+    """In the worker's main process (where ``--pool solo`` runs tasks) before any task runs."""
+    global _concurrency
+    _concurrency = int(getattr(sender, "concurrency", 1) or 1)
+    _set_torch_threads()
+
+
 @worker_process_init.connect
 def _no_inherited_connections(**_: Any) -> None:
-    """A forked pool process must not share its parent's database connections (``get_engine`` docs)."""
+    """A forked pool process must not share its parent's database connections (``get_engine`` docs),
+    and takes its share of the cores."""
     from service.db import get_engine
 
     settings = get_settings()
     get_engine(settings.database_url, settings.db_busy_timeout_ms).dispose(close=False)
+    _set_torch_threads()

@@ -21,6 +21,9 @@ class WorkerSettings(BaseSettings):
     # while the per-process model cache still serves many registrations; 0 means never.
     max_tasks_per_child: int = Field(100, ge=0, description="tasks a worker process runs before it is replaced")
     model_cache_size: int = Field(2, ge=1, description="loaded models kept per worker process")
+    # PyTorch starts one thread per core in every process: N pool processes would run N x cores
+    # threads and slow each other down many times over (measured: a 2D forward 16 ms -> 464 ms).
+    torch_threads: int = Field(0, ge=0, description="PyTorch threads per worker process (0: cores / concurrency)")
 
 
 @lru_cache

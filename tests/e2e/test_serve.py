@@ -120,7 +120,8 @@ def test_serve_registers_trains_and_stops_its_worker_on_sigterm(model_zip, image
         starter = client.get("/v1/models/starter").json()
         assert starter["stages"] == {"production": 1}, starter
         card = starter["versions"][0]["card"]
-        assert "ACDC" in card["data"]["citation"] and "Research use only" in card["intended_use"]
+        assert "ACDC" in card["data"]["dataset"] and "Bernard" in card["data"]["citation"]
+        assert "Research use only" in card["intended_use"]
         job = register(client, {role: (p.name, p.read_bytes()) for role, p in cardiac_stack.items()}, {}, log)
         assert job["model_version"] == "starter:1" and job["report"]["dice"]["2"] > 0, job["report"]
         displacement = client.get(f"/v1/registrations/{job['id']}/displacement")
