@@ -75,3 +75,18 @@ def test_keys_on_a_key_with_the_scope_gets_through(keyed, keys, artifact_dirs, z
 
 def test_probes_need_no_key(keyed):
     assert [keyed.get(path).status_code for path in ("/healthz", "/readyz", "/metrics")] == [200, 200, 200]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), [
+    ("post", "/v1/datasets", {"files": {"file": ("d.zip", b"PK\x05\x06" + bytes(18))}}),
+    ("delete", "/v1/datasets/00000000-0000-0000-0000-000000000000", {}),
+    ("post", "/v1/training-jobs", {"json": {"dataset_id": "x", "model_name": "m"}}),
+    ("post", "/v1/training-jobs/00000000-0000-0000-0000-000000000000/cancel", {}),
+])
+def test_datasets_and_trainings_need_the_train_scope(keyed, keys, method, path, kwargs):
+    assert getattr(keyed, method)(path, **kwargs).status_code == 401
+    response = getattr(keyed, method)(path, headers={"X-API-Key": keys["register"]}, **kwargs)
+    assert response.status_code == 403 and response.json()["code"] == "missing_scope"
+    response = getattr(keyed, method)(path, headers={"X-API-Key": keys["train"]}, **kwargs)
+    assert response.status_code not in (401, 403), response.text  # past authentication, into the route
+    assert keyed.get("/v1/training-jobs", headers={"X-API-Key": keys["register"]}).status_code == 200
