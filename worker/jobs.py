@@ -101,8 +101,10 @@ def finish_job(engine: Engine, claim: Claim, status: JobStatus, *, result: dict[
     """Record the final status; False when the job was no longer this attempt's (nothing written)."""
     now = utcnow()
     with session_scope(engine) as session:
+        # The last progress stays readable (a training's final epoch, losses, m_t, validation Dice).
+        last = session.scalar(select(Job.progress).where(_held(claim))) or {}
         done = _update(session, _held(claim), status=status, finished_at=now, heartbeat_at=now, result=result,
-                       error=error, progress={"phase": status.value})
+                       error=error, progress={**last, "phase": status.value})
     if done != 1:
         log.warning("job %s attempt %d: overtaken, its %s outcome is dropped", claim.job_id, claim.attempt,
                     status.value)

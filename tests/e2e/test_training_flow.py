@@ -89,6 +89,7 @@ def test_train_watch_promote_and_register(stack, worker_process, image_pair, tmp
     assert any("val_dice" in p for p in progress)
 
     assert final["model_version"] == "trained:1" and final["result"]["validation"]["val_dice"] >= 0
+    assert final["progress"]["phase"] == "succeeded" and final["progress"]["global_step"] == 9  # last values kept
     assert final["result"]["data"]["n_train_pairs"] + final["result"]["data"]["n_val_pairs"] == 8
     model = stack.api.get_model("trained")
     card = model["versions"][0]["card"]

@@ -35,7 +35,7 @@ def test_a_job_succeeds_with_the_files_adacs_register_writes(settings, register_
 
     job = load_job(settings, job_id)
     assert job.status == JobStatus.SUCCEEDED, job.error
-    assert job.attempts == 1 and job.error is None and job.progress == {"phase": "succeeded"}
+    assert job.attempts == 1 and job.error is None and job.progress == {"phase": "succeeded", "step": 4, "steps": 4}
     assert job.started_at <= job.heartbeat_at <= job.finished_at
     result = job.result
     assert result["model"] == {"ref": "tiny:1", "name": "tiny", "version": 1, "sha256": sha}
