@@ -78,7 +78,7 @@ def spy_train(bench, mp: pytest.MonkeyPatch, work: Path, interrupt: str | None =
 
 def records(work: Path) -> dict[str, tuple[int, str]]:
     """``{run: (mtime_ns, text)}`` of every ``run.json`` under ``work``."""
-    return {p.parent.relative_to(work).as_posix(): (p.stat().st_mtime_ns, p.read_text()) for p in
+    return {p.parent.relative_to(work).as_posix(): (p.stat().st_mtime_ns, p.read_text(encoding="utf-8")) for p in
             work.rglob("run.json")}
 
 
@@ -123,7 +123,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(matrix):
     assert matrix.second[INTERRUPTED] == [1, 2]  # epoch 0 came from the checkpoint
     assert all(epochs[0] == 0 for name, epochs in matrix.second.items() if name != INTERRUPTED)
     assert len(matrix.second) == 9
-    record = json.loads((matrix.work / INTERRUPTED / "run.json").read_text())
+    record = json.loads((matrix.work / INTERRUPTED / "run.json").read_text(encoding="utf-8"))
     assert record["resumed_from_epoch"] == 1 and record["finished"]
     assert records(matrix.work)["synthetic/voxelmorph/none/seed0"] == \
         matrix.after_first["synthetic/voxelmorph/none/seed0"]
@@ -146,7 +146,7 @@ def test_every_run_records_its_wall_times_and_budget(matrix):
 
 
 def test_table1_has_every_architecture_and_method(matrix):
-    text = matrix.out.read_text()
+    text = matrix.out.read_text(encoding="utf-8")
     assert "Finished runs: 10 of 10 planned" in text and "python benchmarks/paper_tables.py" in text
     table = as_dict(section(text, "Table 1"), 2)
     assert set(table) == {("–", "identity")} | {(a, m) for a in ARCHS for m in METHODS}
@@ -156,7 +156,7 @@ def test_table1_has_every_architecture_and_method(matrix):
         assert 0 <= float(CELL.match(row["DSC %"])[1]) <= 100
         if method != "identity":
             assert row["seeds"] == "1" and row["displacement updates"] == "4" and float(row["train s"]) >= 0
-    report = json.loads((matrix.work / "synthetic/transmorph/nll/seed0/report.json").read_text())
+    report = json.loads((matrix.work / "synthetic/transmorph/nll/seed0/report.json").read_text(encoding="utf-8"))
     dsc = [p["dsc"] for p in report["pairs"]]
     mean = sum(dsc) / len(dsc)
     std = math.sqrt(sum((d - mean) ** 2 for d in dsc) / (len(dsc) - 1))
@@ -164,7 +164,7 @@ def test_table1_has_every_architecture_and_method(matrix):
 
 
 def test_table2_tests_every_method_against_adacs(matrix):
-    table = as_dict(section(matrix.out.read_text(), "Table 2"), 2)
+    table = as_dict(section(matrix.out.read_text(encoding="utf-8"), "Table 2"), 2)
     assert set(table) == {(a, m) for a in ARCHS for m in ("none", "nll")}
     for row in table.values():
         assert row["n pairs"] == "4" and row["n subjects"] == "4"
@@ -173,7 +173,7 @@ def test_table2_tests_every_method_against_adacs(matrix):
 
 
 def test_table3_lists_the_ablation_with_a_missing_row(matrix):
-    rows = section(matrix.out.read_text(), "Table 3")
+    rows = section(matrix.out.read_text(encoding="utf-8"), "Table 3")
     table = as_dict(rows, 3)
     assert [key[2] for key in table] == ["none", "adacs-scs-only", "adacs-no-tv", "adacs"]
     assert all(key[0] == "voxelmorph" for key in table)
@@ -195,7 +195,7 @@ def test_rerun_trains_nothing_new_and_completes_a_lost_record(bench, matrix):
     after = records(matrix.work)
     assert {k: v for k, v in after.items() if k != lost} == before
     assert json.loads(after[lost][1])["resumed_from_epoch"] == 2
-    assert "Finished runs: 10 of 10 planned" in matrix.out.read_text()
+    assert "Finished runs: 10 of 10 planned" in matrix.out.read_text(encoding="utf-8")
 
 
 def test_estimate_projects_the_budget_and_trains_no_run(bench, tmp_path, capsys):

@@ -94,7 +94,7 @@ def test_register_wait_and_download_all_give_the_servers_files(stack, image_pair
     assert paths["warped_mask"].read_bytes() == served == one.read_bytes()
     assert hashlib.sha256(served).hexdigest() == job["outputs"]["warped_mask"]["sha256"]
     assert read(paths["warped_mask"]).any() and read(paths["displacement"]).shape[-1] == 2
-    assert json.loads(paths["report"].read_text())["model"]
+    assert json.loads(paths["report"].read_text(encoding="utf-8"))["model"]
 
 
 @ON_SQLITE
