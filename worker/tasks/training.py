@@ -164,7 +164,7 @@ class _Progress:
     """Turns the trainer's events into the job's ``progress`` (validation results stay until replaced)."""
 
     def __init__(self, monitor: JobMonitor) -> None:
-        self.monitor, self.val = monitor, {}
+        self.monitor, self.val, self.last = monitor, {}, {}
 
     def __call__(self, event) -> None:
         if event.kind == "epoch":
@@ -172,12 +172,13 @@ class _Progress:
         done = event.global_step / max(1, event.total_steps)
         rate = event.elapsed_s / max(1, event.global_step)
         eta = rate * (event.total_steps - event.global_step)
-        self.monitor.progress(
+        self.last = dict(
             phase=event.phase, epoch=event.epoch + 1, epochs=event.total_epochs, step=event.step,
             steps_per_epoch=event.steps_per_epoch, global_step=event.global_step, total_steps=event.total_steps,
             fraction=round(done, 4), losses={k: round(v, 6) for k, v in event.losses.items() if math.isfinite(v)},
             m_t=round(event.m_t, 6), **self.val, elapsed_s=round(event.elapsed_s, 2),
             eta_s=round(eta, 1) if event.global_step else None)
+        self.monitor.progress(**self.last)
 
 
 def _registered(engine: Engine, store: ArtifactStore, params: TrainingParams, job_id: str,
@@ -214,9 +215,10 @@ def _train(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonit
     resumed_from = _checkpoint_epoch(out_dir)
     if resumed_from:
         log.info("training job %s: attempt %d resumes after epoch %d", claim.job_id, claim.attempt, resumed_from)
-    result = train(cfg, train_pairs, out_dir, val_pairs=val_pairs or None, callback=_Progress(monitor),
+    progress = _Progress(monitor)
+    result = train(cfg, train_pairs, out_dir, val_pairs=val_pairs or None, callback=progress,
                    data_description=description)
-    monitor.progress(phase="registering_model")
+    monitor.progress(**{**progress.last, "phase": "registering_model", "eta_s": 0})
     monitor.confirm()  # still ours: a cancelled or overtaken job registers nothing
     model = _registered(engine, store, params, claim.job_id, result.out_dir / "model")
     last = result.history[-1] if result.history else {}
