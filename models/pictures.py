@@ -51,7 +51,14 @@ def plot_panel(path: Path, estimator, scorer, moving: torch.Tensor, fixed: torch
             if image is None:
                 continue
             vmax = None if col == 3 else 1.0
-            ax.imshow(_mid(image), cmap="magma" if col >= 3 else "gray", vmin=0.0, vmax=vmax)
+            shown = ax.imshow(_mid(image), cmap="magma" if col >= 3 else "gray", vmin=0.0, vmax=vmax)
+            if col >= 3:  # the maps' values matter (S near 0.5 is an untrained sigmoid, not a judgement)
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+                values = _mid(image)
+                ax.set_xlabel(f"{values.min():.2g} .. {values.max():.2g}, mean {values.mean():.2g}", fontsize=7)
+                ax.axis("on")
+                ax.set_xticks([])
+                ax.set_yticks([])
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
