@@ -21,15 +21,19 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, select, update
 
-from service.db import Job, JobKind, JobStatus, session_scope, utcnow
-from worker.failures import JobFailure
+from service.core.config import Settings
+from service.db import Job, JobKind, JobStatus, get_engine, session_scope, utcnow
+from service.storage import ArtifactStore, LocalArtifactStore
+from worker.failures import TRANSIENT_ERRORS, JobFailure, describe_failure
 
-__all__ = ["Claim", "JobStopped", "JobMonitor", "claim_job", "finish_job", "worker_name"]
+__all__ = ["Claim", "JobStopped", "JobMonitor", "claim_job", "finish_job", "worker_name", "run_job", "Work"]
 
 log = logging.getLogger(__name__)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -179,3 +183,46 @@ class JobMonitor:
                 self.beat()
             except Exception:  # a database hiccup must not kill the thread; the next beat retries
                 log.warning("job %s: heartbeat failed", self.claim.job_id, exc_info=True)
+
+
+#: A task's own work on a claimed job: returns the job's ``result``; raises to fail it.
+Work = Callable[[Claim, Engine, ArtifactStore, JobMonitor], dict[str, Any]]
+
+
+def run_job(job_id: str, kind: JobKind, settings: Settings, work: Work) -> None:
+    """A delivery's whole life: claim the job, run ``work`` under a heartbeat, record the outcome once.
+
+    Cancelled -> ``cancelled``; overtaken -> nothing written; a transient database error is
+    raised for Celery to retry; any other exception fails the job with its code and message (a
+    short traceback for unexpected ones); otherwise ``succeeded`` with ``work``'s result.
+    """
+    engine = get_engine(settings.database_url, settings.db_busy_timeout_ms)
+    store = LocalArtifactStore(settings.artifact_dir)
+    claim = claim_job(engine, job_id, kind, settings.max_attempts)
+    if claim is None:
+        return
+    monitor = JobMonitor(engine, claim, settings.heartbeat_interval_s, settings.progress_min_interval_s)
+    try:
+        with monitor:
+            result = work(claim, engine, store, monitor)
+    except JobStopped as stop:
+        log.info("%s job %s: %s, stopped", kind.value, job_id, stop.reason)
+        if stop.reason == "cancelled":
+            finish_job(engine, claim, JobStatus.CANCELLED)
+        return
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as error:  # recorded on the job: the row is the truth, the task ends cleanly
+        failure = describe_failure(error, hide=_job_dir_or_none(store, job_id))
+        log.log(logging.ERROR if failure.traceback else logging.INFO, "%s job %s failed: %s", kind.value, job_id,
+                failure.error_text, exc_info=failure.traceback is not None)
+        finish_job(engine, claim, JobStatus.FAILED, result={"error": failure.to_dict()}, error=failure.error_text)
+        return
+    finish_job(engine, claim, JobStatus.SUCCEEDED, result=result)
+
+
+def _job_dir_or_none(store: ArtifactStore, job_id: str) -> Path | None:
+    try:
+        return store.job_dir(job_id)
+    except ValueError:  # not a valid job id: the failure is that, and no folder to hide
+        return None

@@ -7,6 +7,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from service.db import Job, JobKind, JobStatus, session_scope
+from service.storage import LocalArtifactStore
 from worker.jobs import JobMonitor, JobStopped, claim_job, finish_job
 from worker.tasks import registration
 from worker.tasks.registration import run_registration
@@ -45,7 +46,7 @@ def test_a_cancel_while_running_stops_the_job(settings, engine, register_model, 
     run_registration(job_id, settings=settings)
     job = load_job(settings, job_id)
     assert (job.status, job.attempts, job.result) == (JobStatus.CANCELLED, 1, None)
-    assert not (registration.LocalArtifactStore(settings.artifact_dir).job_dir(job_id) / "outputs").exists()
+    assert not (LocalArtifactStore(settings.artifact_dir).job_dir(job_id) / "outputs").exists()
 
 
 def test_a_job_that_used_up_its_attempts_fails(settings, engine, create_job, load_job):
@@ -120,7 +121,7 @@ def test_an_unexpected_error_fails_the_job_with_a_traceback_and_is_not_raised(
     job = load_job(settings, job_id)
     assert job.status == JobStatus.FAILED and job.error == "internal_error: ZeroDivisionError: division by zero"
     assert "write_outputs" in job.result["error"]["traceback"]
-    job_dir = registration.LocalArtifactStore(settings.artifact_dir).job_dir(job_id)
+    job_dir = LocalArtifactStore(settings.artifact_dir).job_dir(job_id)
     assert sorted(p.name for p in job_dir.iterdir()) == ["inputs"]
 
 

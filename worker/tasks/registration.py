@@ -62,12 +62,12 @@ from sqlalchemy import Engine
 from models.io.image import LABEL, SCALAR, Image
 from models.outputs import REPORT, write_registration_outputs
 from service.core.config import Settings, get_settings
-from service.db import JobKind, JobStatus, get_engine, session_scope
+from service.db import JobKind, session_scope
 from service.registry import resolve
-from service.storage import ArtifactStore, LocalArtifactStore
+from service.storage import ArtifactStore
 from worker.celery_app import REGISTRATION_TASK, app
-from worker.failures import TRANSIENT_ERRORS, InvalidJobParams, describe_failure
-from worker.jobs import Claim, JobMonitor, JobStopped, claim_job, finish_job
+from worker.failures import TRANSIENT_ERRORS, InvalidJobParams
+from worker.jobs import Claim, JobMonitor, run_job
 from worker.model_cache import MODEL_CACHE, default_device
 from worker.preview import write_preview
 
@@ -216,39 +216,11 @@ def run_registration(job_id: str, *, settings: Settings | None = None) -> None:
     """Run registration job ``job_id`` to its end; a no-op when it is gone or finished.
 
     Raises only :data:`~worker.failures.TRANSIENT_ERRORS` (for Celery to retry); every other
-    outcome is written to the job row.
+    outcome is written to the job row (``worker.jobs.run_job``).
     """
     settings = settings or get_settings()
-    engine = get_engine(settings.database_url, settings.db_busy_timeout_ms)
-    store = LocalArtifactStore(settings.artifact_dir)
-    claim = claim_job(engine, job_id, JobKind.REGISTRATION, settings.max_attempts)
-    if claim is None:
-        return
-    monitor = JobMonitor(engine, claim, settings.heartbeat_interval_s, settings.progress_min_interval_s)
-    try:
-        with monitor:
-            result = _register(claim, settings, engine, store, monitor)
-    except JobStopped as stop:
-        log.info("job %s: %s, stopped", job_id, stop.reason)
-        if stop.reason == "cancelled":
-            finish_job(engine, claim, JobStatus.CANCELLED)
-        return
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as error:  # recorded on the job: the row is the truth, the task ends cleanly
-        failure = describe_failure(error, hide=_job_dir_or_none(store, job_id))
-        log.log(logging.ERROR if failure.traceback else logging.INFO, "job %s failed: %s", job_id,
-                failure.error_text, exc_info=failure.traceback is not None)
-        finish_job(engine, claim, JobStatus.FAILED, result={"error": failure.to_dict()}, error=failure.error_text)
-        return
-    finish_job(engine, claim, JobStatus.SUCCEEDED, result=result)
-
-
-def _job_dir_or_none(store: ArtifactStore, job_id: str) -> Path | None:
-    try:
-        return store.job_dir(job_id)
-    except ValueError:  # not a valid job id: the failure is that, and no folder to hide
-        return None
+    run_job(job_id, JobKind.REGISTRATION, settings,
+            lambda claim, engine, store, monitor: _register(claim, settings, engine, store, monitor))
 
 
 @app.task(name=REGISTRATION_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,

@@ -55,12 +55,12 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from service.core.config import Settings, get_settings
-from service.db import Dataset, DatasetStatus, JobKind, JobStatus, ModelVersion, get_engine, session_scope
+from service.db import Dataset, DatasetStatus, JobKind, ModelVersion, session_scope
 from service.registry import register_version
-from service.storage import ArtifactStore, LocalArtifactStore
+from service.storage import ArtifactStore
 from worker.celery_app import TRAINING_TASK, app
-from worker.failures import TRANSIENT_ERRORS, InvalidJobParams, describe_failure
-from worker.jobs import Claim, JobMonitor, JobStopped, claim_job, finish_job
+from worker.failures import TRANSIENT_ERRORS, InvalidJobParams
+from worker.jobs import Claim, JobMonitor, run_job
 from worker.model_cache import default_device
 
 __all__ = ["TrainingParams", "run_training", "run", "split_by_subject"]
@@ -229,30 +229,7 @@ def _train(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonit
 
 def run_training(job_id: str, *, settings: Settings | None = None) -> None:
     """Run training job ``job_id`` to its end (or resume it); a no-op when it is gone or finished."""
-    settings = settings or get_settings()
-    engine = get_engine(settings.database_url, settings.db_busy_timeout_ms)
-    store = LocalArtifactStore(settings.artifact_dir)
-    claim = claim_job(engine, job_id, JobKind.TRAINING, settings.max_attempts)
-    if claim is None:
-        return
-    monitor = JobMonitor(engine, claim, settings.heartbeat_interval_s, settings.progress_min_interval_s)
-    try:
-        with monitor:
-            result = _train(claim, engine, store, monitor)
-    except JobStopped as stop:
-        log.info("training job %s: %s, stopped", job_id, stop.reason)
-        if stop.reason == "cancelled":
-            finish_job(engine, claim, JobStatus.CANCELLED)
-        return
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as error:  # recorded on the job: the row is the truth, the task ends cleanly
-        failure = describe_failure(error, hide=store.job_dir(job_id))
-        log.log(logging.ERROR if failure.traceback else logging.INFO, "training job %s failed: %s", job_id,
-                failure.error_text, exc_info=failure.traceback is not None)
-        finish_job(engine, claim, JobStatus.FAILED, result={"error": failure.to_dict()}, error=failure.error_text)
-        return
-    finish_job(engine, claim, JobStatus.SUCCEEDED, result=result)
+    run_job(job_id, JobKind.TRAINING, settings or get_settings(), _train)
 
 
 @app.task(name=TRAINING_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,
