@@ -392,3 +392,19 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
                 if line.strip() and not line.startswith("#")}
     missing = {".git", ".venv", "runs", "data", "benchmarks/runs", ".env"} - patterns
     assert missing == set(), f".dockerignore must exclude {sorted(missing)}"
+
+
+def test_the_installed_package_carries_the_starter_model_and_migrations():
+    """The images `pip install` the project: its package data must hold what `serve`/`api` read at start."""
+    import re
+
+    line = re.search(r"^service = \[(.*)\]$", _read(ROOT / "pyproject.toml"), re.MULTILINE)  # package-data
+    assert line, "pyproject.toml has no [tool.setuptools.package-data] entry for service"
+    data = re.findall(r'"([^"]+)"', line.group(1))
+    service_dir = ROOT / "service"
+    for needed in ("alembic.ini", "starter/acdc-voxelmorph-adacs/model.safetensors",
+                   "starter/acdc-voxelmorph-adacs/config.json", "starter/acdc-voxelmorph-adacs/card.json"):
+        assert (service_dir / needed).is_file(), needed
+        assert any((service_dir / needed).match(str(service_dir / pattern)) for pattern in data), needed
+    entrypoint = _read(ROOT / "docker" / "entrypoint.sh")
+    assert "install_starter_model" in entrypoint and "INSTALL_STARTER_MODEL" in entrypoint
