@@ -134,6 +134,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_tables.md"))
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the planned runs and their state, train nothing")
+    mode.add_argument("--tables-only", action="store_true",
+                      help="write the tables from the finished runs, train nothing (e.g. after parallel processes)")
     mode.add_argument("--estimate", action="store_true",
                       help="time --estimate-updates updates of each (arch, method) and project the budget's hours")
     p.add_argument("--estimate-updates", type=int, default=5)
@@ -544,7 +546,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/paper_tables.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    # The tables name the command that trains the matrix; --tables-only only re-renders it.
+    shown = [a for a in (argv or sys.argv[1:]) if a != "--tables-only"]
+    command = "python benchmarks/paper_tables.py " + " ".join(shlex.quote(a) for a in shown)
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = plan(args)
@@ -562,7 +566,7 @@ def main(argv=None) -> int:
         print(json.dumps({"benchmark": "paper_tables", "estimate": rows, "hours": hours}))
         return 0
     identities = {name: identity_report(d, args.work) for name, d in data.items()}
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate([] if args.tables_only else runs, 1):
         if is_finished(_read_json(run.folder(args.work) / "run.json"), configs[run], data[run.dataset]):
             print(f"[{i}/{len(runs)}] {run}: finished, skipped", flush=True)
             continue

@@ -230,3 +230,15 @@ def test_acdc_without_its_folder_is_refused(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--datasets", "acdc"])
     assert "--acdc" in capsys.readouterr().err
+
+
+def test_tables_only_renders_the_finished_runs_and_trains_nothing(bench, matrix, tmp_path):
+    out = tmp_path / "again.md"
+    argv = [*matrix.argv[:-1], str(out), "--tables-only"]
+    with pytest.MonkeyPatch.context() as mp:
+        calls = spy_train(bench, mp, matrix.work)
+        assert bench.main(argv) == 0
+    assert calls == {}
+    text = out.read_text(encoding="utf-8")
+    assert "--tables-only" not in text and section(text, "Table 1") == section(matrix.out.read_text(
+        encoding="utf-8"), "Table 1")
