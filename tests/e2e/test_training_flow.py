@@ -80,13 +80,14 @@ def test_train_watch_promote_and_register(stack, worker_process, image_pair, tmp
     assert kinds[-1] == "end" and set(kinds[:-1]) == {"progress"}, kinds
     final = events[-1][1]
     assert final["status"] == "succeeded", f"{final['error']}\n{worker.tail()}"
-    progress = [body["progress"] for kind, body in events if body["status"] == "running"]
-    phases = {p.get("phase") for p in progress}
-    assert {"warmup-displacement", "warmup-scoring", "alternating"} & phases, phases
-    stepped = [p for p in progress if "global_step" in p]
-    assert stepped and stepped[-1]["total_steps"] == 9 and all(k in stepped[-1] for k in
-                                                                ("m_t", "losses", "epoch", "epochs", "eta_s"))
-    assert any("val_dice" in p for p in progress)
+    # How many running snapshots the stream catches depends on the machine's speed (it polls every
+    # 0.5 s); every one must be a known phase, and the last progress keeps the training's values.
+    phases = {body["progress"].get("phase") for kind, body in events if body["status"] == "running"}
+    assert phases <= {"starting", "loading_data", "warmup-displacement", "warmup-scoring", "alternating",
+                      "registering_model"}, phases
+    last = final["progress"]
+    assert last["global_step"] == last["total_steps"] == 9 and last["epoch"] == last["epochs"] == 3
+    assert all(k in last for k in ("m_t", "losses", "eta_s", "val_dice")) and "scs" in last["losses"]
 
     assert final["model_version"] == "trained:1" and final["result"]["validation"]["val_dice"] >= 0
     assert final["progress"]["phase"] == "succeeded" and final["progress"]["global_step"] == 9  # last values kept
@@ -119,10 +120,9 @@ def test_cancel_a_running_training(stack, worker_process, tmp_path) -> None:
 
 def test_a_sigkilled_worker_loses_no_training(stack, worker_process, tmp_path) -> None:
     first = worker_process(stack.env, stack.queues, tmp_path / "first.log")
-    job = _job(stack, "survivor", method="none", warmup_epochs=0, epochs=16, steps_per_epoch=6)
+    job = _job(stack, "survivor", method="none", warmup_epochs=0, epochs=40, steps_per_epoch=6)
     running = _until(stack, first, job["id"], lambda j: j["progress"].get("epoch", 0) >= 3, "reach epoch 3")
     first.kill()
-    killed_at = running["progress"]["epoch"]
     assert stack.api.get_training_job(job["id"])["status"] == "running"  # nobody told the database
 
     second = worker_process(stack.env, stack.queues, tmp_path / "second.log", beat=True)
@@ -131,9 +131,10 @@ def test_a_sigkilled_worker_loses_no_training(stack, worker_process, tmp_path) -
     assert final["status"] == "succeeded", f"{final['error']}\n{second.tail()}"
     result = final["result"]
     assert final["attempts"] == 2 and result["attempt"] == 2
-    assert 1 <= result["resumed_from_epoch"] <= killed_at, (result["resumed_from_epoch"], killed_at)
-    assert result["epochs_run"] == 16 and final["model_version"] == "survivor:1"
+    # It went on from a checkpoint at or after the epoch seen running, not from scratch.
+    assert running["progress"]["epoch"] - 1 <= result["resumed_from_epoch"] < 40, result["resumed_from_epoch"]
+    assert result["epochs_run"] == 40 and final["model_version"] == "survivor:1"
     history = json.loads((stack.settings.artifact_dir / "jobs" / job["id"] / "train" / "history.json")
                          .read_text(encoding="utf-8"))
-    assert [e["epoch"] for e in history["epochs"]] == list(range(16))  # every epoch once: nothing lost or redone
+    assert [e["epoch"] for e in history["epochs"]] == list(range(40))  # every epoch once: nothing lost or redone
     assert "re-queued" in second.tail(100_000)
