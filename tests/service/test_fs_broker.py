@@ -36,10 +36,10 @@ def test_writes_are_atomic_while_a_consumer_polls(tmp_path) -> None:
                 received.append(message.payload["i"])
                 message.ack()
 
-    consumer = threading.Thread(target=consume)
-    consumer.start()
     with _connection(tmp_path, Transport) as connection:
-        queue = connection.SimpleQueue("q")
+        queue = connection.SimpleQueue("q")  # declared and bound before the consumer starts
+        consumer = threading.Thread(target=consume)
+        consumer.start()
         for i in range(n):
             queue.put({"i": i, "blob": payload})
     consumer.join(60)
