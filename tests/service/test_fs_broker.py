@@ -60,3 +60,21 @@ def test_torch_threads_share_the_cores_out() -> None:
     assert torch_threads(1, cores=16) == 16
     assert torch_threads(4, cores=16) == 4 and torch_threads(32, cores=16) == 1
     assert torch_threads(4, configured=3, cores=16) == 3
+
+
+def test_no_message_file_is_visible_before_its_content_is_complete(tmp_path, monkeypatch) -> None:
+    """Deterministic: while the payload is being encoded and written, no ``.msg`` file may exist yet
+    (kombu's own channel creates it empty first; a consumer polling then reads nothing)."""
+    import service.fs_broker as fs_broker
+
+    seen = []
+    real = fs_broker.dumps
+
+    def encode_and_look(payload):
+        seen.append(sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".msg")))
+        return real(payload)
+
+    monkeypatch.setattr(fs_broker, "dumps", encode_and_look)
+    with _connection(tmp_path, Transport) as connection:
+        connection.SimpleQueue("q").put({"i": 1})
+    assert seen == [[]] and len([p for p in tmp_path.iterdir() if p.name.endswith(".q.msg")]) == 1
