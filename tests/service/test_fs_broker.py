@@ -76,5 +76,5 @@ def test_no_message_file_is_visible_before_its_content_is_complete(tmp_path, mon
 
     monkeypatch.setattr(fs_broker, "dumps", encode_and_look)
     with _connection(tmp_path, Transport) as connection:
-        connection.SimpleQueue("q").put({"i": 1})
-    assert seen == [[]] and len([p for p in tmp_path.iterdir() if p.name.endswith(".q.msg")]) == 1
+        connection.SimpleQueue("visible").put({"i": 1})  # a queue of its own: kombu keeps exchange state per process
+    assert seen == [[]] and len([p for p in tmp_path.iterdir() if p.name.endswith(".visible.msg")]) == 1
