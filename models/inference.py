@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from models.intensity import IntensityConfig, normalize_intensity
 from models.networks.estimator import DisplacementEstimator
 from models.warp import warp
 
-__all__ = ["stack_pairs", "predict_disp", "warp_labels"]
+__all__ = ["eval_mode", "stack_pairs", "predict_disp", "warp_labels"]
 
 
 def stack_pairs(pairs: Sequence[PairSample], intensity: IntensityConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,19 +26,33 @@ def stack_pairs(pairs: Sequence[PairSample], intensity: IntensityConfig) -> tupl
     return torch.from_numpy(moving), torch.from_numpy(fixed)
 
 
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``module`` as it runs at inference, then restore its mode.
+
+    Estimators whose training forward is stochastic (DiffuseMorph noises its target) must be read
+    in eval mode wherever the result stands for "what this model registers": validation, pictures,
+    and the residuals the scoring network learns from.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def predict_disp(estimator: DisplacementEstimator, moving: torch.Tensor, fixed: torch.Tensor,
                  batch_size: int = 16) -> torch.Tensor:
     """``(N, 1, *spatial)`` normalised pairs -> ``disp`` ``(N, ndim, *spatial)`` in voxels, on CPU."""
     device = next(estimator.parameters()).device
-    was_training = estimator.training
-    estimator.eval()
     out = []
-    for start in range(0, moving.shape[0], batch_size):
-        m = moving[start:start + batch_size].to(device)
-        f = fixed[start:start + batch_size].to(device)
-        out.append(estimator(m, f).disp.cpu())
-    estimator.train(was_training)
+    with eval_mode(estimator):
+        for start in range(0, moving.shape[0], batch_size):
+            m = moving[start:start + batch_size].to(device)
+            f = fixed[start:start + batch_size].to(device)
+            out.append(estimator(m, f).disp.cpu())
     return torch.cat(out)
 
 

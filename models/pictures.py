@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from models.inference import eval_mode  # noqa: E402
 from models.warp import warp  # noqa: E402
 
 __all__ = ["plot_panel", "plot_curves"]
@@ -32,12 +33,10 @@ def _mid(x: torch.Tensor) -> np.ndarray:
 def plot_panel(path: Path, estimator, scorer, moving: torch.Tensor, fixed: torch.Tensor, title: str = "") -> None:
     """``moving``/``fixed``: ``(N, 1, *spatial)`` normalised; one row per pair."""
     device = next(estimator.parameters()).device
-    was_training = estimator.training
-    estimator.eval()
     moving, fixed = moving.to(device), fixed.to(device)
-    warped = warp(moving, estimator(moving, fixed).disp)
+    with eval_mode(estimator):
+        warped = warp(moving, estimator(moving, fixed).disp)
     scores = scorer(fixed) if scorer is not None else None
-    estimator.train(was_training)
     columns = ["source (ED)", "target (ES)", "warped source", "residual", "scoring map S"]
     fig, axes = plt.subplots(len(moving), 5, figsize=(12, 2.5 * len(moving)), squeeze=False)
     for row in range(len(moving)):

@@ -199,12 +199,21 @@ def _displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | 
 def _scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimizer: torch.optim.Optimizer,
                     micro: Sequence[Batch], m_t: float, cfg: TrainConfig) -> dict:
     """One optimiser update of ``g_ϕ`` on the method's scoring terms (Eq. 9 for AdaCS) with residuals
-    of the current (frozen) ``f_θ``."""
+    of the current (frozen) ``f_θ``.
+
+    The residuals come from ``f_θ`` in eval mode, i.e. from the registration it would return: an
+    estimator whose training forward is stochastic (DiffuseMorph noises its target) would otherwise
+    teach ``g_ϕ`` where the *noised* registration fails, and on ACDC that scored the heart itself
+    as unreliable (AdaCS with DiffuseMorph fell from 69.5 to 56.2 DSC; benchmarks/LOG.md).
+    """
+    from models.inference import eval_mode
+
     terms = METHODS[cfg.method].scoring
     optimizer.zero_grad(set_to_none=True)
     logs = {"loss_se": 0.0, "scs": 0.0, "reg": 0.0, "tv": 0.0, "score_mean": 0.0}
     for moving, fixed in micro:
-        with torch.no_grad():  # sg[r]: no graph through f_θ, so no gradient can reach θ
+        # sg[r]: no graph through f_θ, so no gradient can reach θ
+        with torch.no_grad(), eval_mode(estimator):
             dirs = directions(moving, fixed, estimator(moving, fixed), cfg.bidir)
         scores = score_maps(scorer, dirs)
         loss = scoring_objective(dirs, scores, m_t, cfg.alpha, terms)

@@ -112,6 +112,21 @@ def test_update_steps_leave_the_other_network_untouched():
     assert all(torch.equal(v, estimator_before[k]) for k, v in estimator.state_dict().items())
 
 
+def test_scoring_residuals_come_from_the_estimator_as_it_registers():
+    """The scoring step reads ``f_θ`` in eval mode (DiffuseMorph's train forward noises its target),
+    the displacement step in train mode, and both leave the estimator's mode as they found it."""
+    estimator, scorer = _nets()
+    cfg = tiny_config()
+    micro = [(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))]
+    seen: list[bool] = []
+    estimator.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    estimator.train()
+    _scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()), micro, 1.0, cfg)
+    assert seen == [False] and estimator.training
+    _displacement_update(estimator, scorer, torch.optim.Adam(estimator.parameters()), micro, cfg)
+    assert seen == [False, True] and estimator.training
+
+
 def test_m_t_follows_the_recurrence_of_the_logged_means(pairs, tmp_path):
     cfg = tiny_config(steps_per_epoch=3)
     history = train(cfg, pairs, tmp_path / "run").history
