@@ -10,7 +10,6 @@ Reading the pairs happens in the request; for very large sets that takes a while
 
 from __future__ import annotations
 
-import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
@@ -24,8 +23,8 @@ from service.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep, Trai
 from service.api.errors import ApiError
 from service.api.routes import API_V1
 from service.api.schemas import DatasetPublic, DatasetsPublic, ErrorPublic
+from service.api.staging import all_or_nothing, save_upload
 from service.db import Dataset, DatasetLayout, DatasetStatus, Job, JobKind, JobStatus, new_id
-from service.storage.atomic import copy_hashing
 
 __all__ = ["router"]
 
@@ -90,12 +89,9 @@ def upload_dataset(
         raise ApiError(422, f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)} (or leave it out to detect it)",
                        "invalid_layout")
     dataset_id = new_id()
-    folder = store.dataset_dir(dataset_id)
-    try:
+    with all_or_nothing(session, store.dataset_dir(dataset_id)) as folder:
         archive = folder / "upload.zip"
-        file.file.seek(0)
-        with open(archive, "wb") as target:
-            sha, size = copy_hashing(file.file, target, settings.max_dataset_bytes)
+        sha, size = save_upload(file, archive, settings.max_dataset_bytes)
         with open(archive, "rb") as handle:
             if not is_zip(handle.read(4)):
                 raise ApiError(415, f"{file.filename or 'the upload'} is not a zip archive; zip the dataset folder "
@@ -116,10 +112,6 @@ def upload_dataset(
                           owner_key_id=key.id if key is not None else None)
         session.add(dataset)
         session.commit()
-    except BaseException:
-        session.rollback()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     return _public(dataset)
 
 

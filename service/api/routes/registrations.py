@@ -11,7 +11,6 @@ files; an image error names the form field (``moving: ...``). Creating and delet
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +28,12 @@ from service.api.deps import CurrentKey, RegisterKey, SessionDep, SettingsDep, S
 from service.api.errors import ApiError
 from service.api.routes import API_V1
 from service.api.schemas import ErrorPublic, OutputPublic, RegistrationPublic, RegistrationsPublic
+from service.api.staging import all_or_nothing, save_upload
 from service.core.config import Settings
 from service.db import Job, JobKind, JobStatus, new_id
 from service.registry import resolve
 from service.storage import ArtifactStore
-from service.storage.atomic import CHUNK, copy_hashing
+from service.storage.atomic import CHUNK
 from service.tasks import TaskSender
 
 __all__ = ["router", "DOWNLOADS"]
@@ -85,12 +85,6 @@ def _named(error: ImageError, field: str, stored: Path) -> ImageError:
     rebuilt = type(error)(error.problem.replace(where, field), path=path, hint=error.hint, **error.details)
     rebuilt.__cause__ = error
     return rebuilt
-
-
-def _save(upload: UploadFile, target: Path, max_bytes: int) -> None:
-    upload.file.seek(0)
-    with open(target, "wb") as handle:
-        copy_hashing(upload.file, handle, max_bytes)
 
 
 def _check_inputs(inputs: dict[str, Path], series: dict[str, str | None], frames: dict[str, int | None],
@@ -176,13 +170,12 @@ def create_registration(
     series = {"fixed": fixed_series or None, "moving": moving_series or None}
     frames = {"fixed": fixed_frame, "moving": moving_frame}
     job_id = new_id()
-    folder = store.job_dir(job_id)
-    try:
+    with all_or_nothing(session, store.job_dir(job_id)) as folder:
         (folder / "inputs").mkdir()
         inputs = {}
         for role, upload in uploads.items():
             inputs[role] = folder / "inputs" / f"{role}{extension(upload.filename)}"
-            _save(upload, inputs[role], settings.max_upload_bytes)
+            save_upload(upload, inputs[role], settings.max_upload_bytes)
         _check_inputs(inputs, series, frames, settings)
         job = Job(id=job_id, kind=JobKind.REGISTRATION, status=JobStatus.QUEUED,
                   owner_key_id=key.id if key is not None else None,
@@ -191,10 +184,6 @@ def create_registration(
                           "fixed_frame": frames["fixed"], "moving_frame": frames["moving"]})
         session.add(job)
         session.commit()
-    except BaseException:
-        session.rollback()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     _send(session, store, request.state.tasks, job)
     _wait(session, job, wait)
     if job.status.finished:
