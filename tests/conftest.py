@@ -345,9 +345,8 @@ class WorkerProcess:
             self.kill()
 
 
-@pytest.fixture
-def worker_process() -> Iterator[Callable[..., WorkerProcess]]:
-    """``worker_process(env, queues, log, beat=False)`` starts a :class:`WorkerProcess`; all stop at teardown."""
+def _worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
+    """``start(env, queues, log, beat=False)`` starts a :class:`WorkerProcess`; all stop at teardown."""
     started: list[WorkerProcess] = []
 
     def start(env: dict[str, str], queues: list[str], log: Path, beat: bool = False) -> WorkerProcess:
@@ -357,3 +356,7 @@ def worker_process() -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.stop()
+
+
+worker_process = pytest.fixture(_worker_processes)  # workers of one test
+module_worker_process = pytest.fixture(scope="module")(_worker_processes)  # workers shared by a module

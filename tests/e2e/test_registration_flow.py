@@ -9,11 +9,7 @@ Each run has its own queue, database, data folder and artifact store. Redis must
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,11 +31,6 @@ DICOM_UID = "1.2.826.0.1.3680043.2.1125.1.77"
 
 
 
-def tail(log, chars: int = 4000) -> str:
-    """The end of a worker log (UTF-8 whatever the locale: native libraries may reset it)."""
-    return log.read_text(encoding="utf-8", errors="replace")[-chars:]
-
-
 @pytest.fixture(scope="module")
 def dicom_pair(tmp_path_factory, dicom_zip) -> dict[str, Path]:
     """A 3-slice volume: the fixed as NIfTI, the moving (shifted) as a DICOM series zip."""
@@ -53,7 +44,7 @@ def dicom_pair(tmp_path_factory, dicom_zip) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, redis_url, model_zip, live_server, tmp_path_factory) -> Iterator:
+def stack(request, redis_url, model_zip, live_server, module_worker_process, tmp_path_factory) -> Iterator:
     """The API and one worker on a queue of their own; the tiny model registered and promoted over HTTP."""
     import redis
 
@@ -63,42 +54,32 @@ def stack(request, redis_url, model_zip, live_server, tmp_path_factory) -> Itera
     upgrade_database(url)
     queue = f"inference-e2e-{secrets.token_hex(6)}"
     settings = Settings(data_dir=data / "data", database_url=url, broker_url=redis_url, default_model=MODEL)
-    log = data / "worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")} | {
-        "ADACS_DATA_DIR": str(settings.data_dir), "ADACS_DATABASE_URL": url, "ADACS_BROKER_URL": redis_url,
-        "ADACS_ARTIFACT_DIR": str(settings.artifact_dir), "ADACS_HEARTBEAT_INTERVAL_S": "0.5"}
-    command = [sys.executable, "-m", "celery", "--app", "worker.celery_app:app", "worker", "--queues", queue,
-               "--pool", "solo", "--concurrency", "1", "--hostname", f"{queue}@%h", "--loglevel", "INFO",
-               "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with open(log, "wb") as handle:
-        worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    worker = module_worker_process(
+        {"ADACS_DATA_DIR": str(settings.data_dir), "ADACS_DATABASE_URL": url, "ADACS_BROKER_URL": redis_url,
+         "ADACS_ARTIFACT_DIR": str(settings.artifact_dir), "ADACS_HEARTBEAT_INTERVAL_S": "0.5"},
+        [queue], data / "worker.log")
     try:
         with live_server(create_app(settings, inference_queue=queue), settings, timeout=60) as server:
             response = server.client.post("/v1/models", data={"name": MODEL}, files={"file": ("model.zip", model_zip)})
             assert response.status_code == 201, response.text
             response = server.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
             assert response.status_code == 200, response.text
-            server.worker, server.log = worker, log
+            server.worker = worker
             yield server
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        worker.stop()
         redis.Redis.from_url(redis_url).delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
 
 
 def wait_for(server, job_id: str) -> dict:
     deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline and server.worker.poll() is None:
+    while time.monotonic() < deadline and server.worker.alive():
         job = server.client.get(f"/v1/registrations/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.2)
-    state = "exited" if server.worker.poll() is not None else f"still {job['status']} after {TIMEOUT_S} s"
-    pytest.fail(f"worker {state}; its log:\n{tail(server.log)}", pytrace=False)
+    state = f"still {job['status']} after {TIMEOUT_S} s" if server.worker.alive() else "exited"
+    pytest.fail(f"worker {state}; its log:\n{server.worker.tail()}", pytrace=False)
 
 
 def download(server, job_id: str, segment: str, target: Path) -> np.ndarray:
@@ -125,7 +106,7 @@ def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, ima
     response = stack.client.post("/v1/registrations", files=files)
     assert response.status_code == 202, response.text
     job = wait_for(stack, response.json()["id"])
-    assert job["status"] == "succeeded", f"{job['error']}\n{tail(stack.log)}"
+    assert job["status"] == "succeeded", f"{job['error']}\n{stack.worker.tail()}"
     assert set(job["outputs"]) == {"displacement", "warped", "warped_mask", "report", "preview"}
     assert job["model_version"] == f"{MODEL}:1" and "dice" in job["report"] and job["timings_s"]["total"] > 0
 
@@ -145,7 +126,7 @@ def test_a_dicom_series_zip_as_moving_finishes_within_wait(stack, dicom_pair, mo
     response = stack.client.post("/v1/registrations", files=files, params={"wait": 60})
     assert response.status_code == 200, response.text  # the worker is warm: the small job ends in the wait
     job = response.json()
-    assert job["status"] == "succeeded", f"{job['error']}\n{tail(stack.log)}"
+    assert job["status"] == "succeeded", f"{job['error']}\n{stack.worker.tail()}"
     assert job["inputs"] == ["fixed", "moving"] and "warped_mask" not in job["outputs"]
     missing = stack.client.get(f"/v1/registrations/{job['id']}/warped-mask")
     assert missing.status_code == 404 and "no moving_mask" in missing.json()["detail"]
