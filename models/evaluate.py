@@ -34,6 +34,8 @@ def pair_metrics(pair: PairSample, disp: torch.Tensor, label: int = MYOCARDIUM) 
     """Metrics of one pair; ``disp`` is ``(ndim, *spatial)`` in voxels on the fixed grid."""
     out: dict = {"pair_id": pair.pair_id, "subject_id": pair.subject_id,
                  "folding_pct": folding_percent(disp.numpy())}
+    if pair.tags:
+        out["tags"] = list(pair.tags)
     if pair.moving_mask is not None and pair.fixed_mask is not None:
         warped_mask = warp_labels(pair.moving_mask, disp)
         out.update(mask_metrics(warped_mask, pair.fixed_mask, label, pair.spacing_mm))

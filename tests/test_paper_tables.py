@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ ARCHS, METHODS = ("voxelmorph", "transmorph", "diffusemorph"), ("none", "adacs",
 INTERRUPTED = "synthetic/voxelmorph/adacs/seed0"  # the second run of the plan
 SIZES = [(arch, size) for arch in ARCHS for size in ("enc=[8,8]", "dec=[8,8,8]")] + \
     [("transmorph", "embed_dim=8"), ("diffusemorph", "features=[8,8]")]  # small networks: the test is about the runner
-ARGV = ["--datasets", "synthetic", "--synthetic", "dims=2,size=32,n=8", "--archs", ",".join(ARCHS),
+ARGV = ["--datasets", "synthetic", "--synthetic", "dims=2,size=32,n=8,covisibility=0.3", "--archs", ",".join(ARCHS),
         "--methods", ",".join(METHODS), "--ablation", "adacs-scs-only", "--warmup-epochs", "1", "--epochs", "1",
         "--steps-per-epoch", "2", "--batch-size", "2", "--val-max-pairs", "2", "--eval-max-pairs", "4",
         "--no-pictures", "--threads", "1",  # one thread: two would spin against the other jobs of a shared machine
@@ -182,6 +183,34 @@ def test_table3_lists_the_ablation_with_a_missing_row(matrix):
     scs = table[("voxelmorph", "L_scs", "adacs-scs-only")]
     assert 0 < float(scs["mean S (last epoch)"]) < 1 and CELL.match(scs["DSC %"])
     float(scs["p (pairs)"]), float(scs["Δ DSC (AdaCS − row)"])
+
+
+def test_nuisance_table_splits_the_dsc_by_the_pairs_tags(matrix):
+    """Held-out pairs 0-3 at covisibility 0.3: two clean, one dropout in each frame."""
+    table = as_dict(section(matrix.out.read_text(encoding="utf-8"), "By nuisance"), 2)
+    assert set(table) == {("–", "identity")} | {(a, m) for a in ARCHS for m in METHODS}
+    report = json.loads((matrix.work / "synthetic/voxelmorph/nll/seed0/report.json").read_text(encoding="utf-8"))
+    groups = {"clean": [], "dropout-fixed": [], "dropout-moving": []}
+    for pair in report["pairs"]:
+        for tag in pair.get("tags", ["clean"]):
+            groups[tag].append(pair["dsc"])
+    assert [len(v) for v in groups.values()] == [2, 1, 1]
+    row = table[("voxelmorph", "nll")]
+    for group, dsc in groups.items():
+        mean = sum(dsc) / len(dsc)
+        assert row[f"DSC % {group} (n = {len(dsc)})"].startswith(f"{mean:.2f} ± "), (group, row)
+    any_hit = groups["dropout-fixed"] + groups["dropout-moving"]
+    assert row["DSC % any nuisance (n = 2)"].startswith(f"{sum(any_hit) / 2:.2f} ± ")
+    float(row["Δ DSC any nuisance (AdaCS − row)"]), float(row["p (pairs)"])
+    assert table[("voxelmorph", "adacs")]["p (pairs)"] == "–"
+
+
+def test_nuisance_groups_on_known_tags(bench):
+    image = np.zeros((4, 4), np.float32)
+    pairs = [bench.PairSample(image, image, f"p{i}", f"p{i}", tags=tags)
+             for i, tags in enumerate([(), ("a",), ("a", "b"), ()])]
+    assert bench.nuisance_groups(pairs) == {"clean": {"p0", "p3"}, "a": {"p1", "p2"}, "b": {"p2"},
+                                            "any nuisance": {"p1", "p2"}}
 
 
 def test_rerun_trains_nothing_new_and_completes_a_lost_record(bench, matrix):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.data.pairs import MYOCARDIUM, PairSample
-from models.data.synthetic import PhantomConfig, make_phantom_dataset, make_phantom_pair
+from models.data.synthetic import DROPOUT_TAGS, PhantomConfig, make_phantom_dataset, make_phantom_pair
 from models.warp import warp
 
 BLOOD = 1
@@ -212,12 +212,16 @@ def test_covisibility_drops_signal_in_one_frame_only() -> None:
         lost = pair.moving if dark[0] else pair.fixed
         mask = pair.moving_mask if dark[0] else pair.fixed_mask
         assert (mask[lost < 0.06] > 0).any()  # the blob touches the heart
+        # The tag names the frame that lost signal, so evaluations can split scores by nuisance.
+        assert pair.tags == (DROPOUT_TAGS[0 if dark[0] else 1],) and plain.tags == ()
 
 
 def test_covisibility_probability_is_respected() -> None:
     cfg = PhantomConfig(dims=2, size=32, n=40, covisibility=0.5, **CLEAN)
-    hits = sum(bool((p.moving < 0.06).any() or (p.fixed < 0.06).any()) for p in make_phantom_dataset(cfg))
+    pairs = make_phantom_dataset(cfg)
+    hits = sum(bool((p.moving < 0.06).any() or (p.fixed < 0.06).any()) for p in pairs)
     assert 8 <= hits <= 32
+    assert sum(bool(p.tags) for p in pairs) == hits
 
 
 def test_inconsistency_changes_intensity_statistics_between_frames() -> None:

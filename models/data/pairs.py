@@ -23,6 +23,9 @@ class PairSample:
     ``disp_gt`` (synthetic data only) is ``(ndim, *spatial)`` in voxels, on the fixed grid, and pulls
     the moving image back onto it: ``moving(x + disp_gt(x)) ≈ fixed(x)`` (the convention of
     ``models.warp``), so it is directly comparable with a predicted ``disp``.
+
+    ``tags`` name the nuisances a pair is known to carry by construction (synthetic data only, e.g.
+    ``"dropout-fixed"``), so that an evaluation can split its scores by nuisance.
     """
 
     moving: np.ndarray
@@ -33,6 +36,7 @@ class PairSample:
     fixed_mask: np.ndarray | None = None
     spacing_mm: tuple[float, ...] | None = None
     disp_gt: np.ndarray | None = None
+    tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.moving.shape != self.fixed.shape:

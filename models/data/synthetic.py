@@ -29,11 +29,13 @@ from scipy.special import expit
 
 from models.data.pairs import MYOCARDIUM, PairSample
 
-__all__ = ["BLOOD_POOL", "PhantomConfig", "make_phantom_pair", "make_phantom_dataset"]
+__all__ = ["BLOOD_POOL", "DROPOUT_TAGS", "PhantomConfig", "make_phantom_pair", "make_phantom_dataset"]
 
 #: Label of the LV cavity in the phantom's masks (0 is background, ``MYOCARDIUM`` the wall).
 BLOOD_POOL = 1
 SPACING_MM = 1.5
+# ``PairSample.tags`` of a pair whose moving (ED) or fixed (ES) frame lost signal in a blob.
+DROPOUT_TAGS = ("dropout-moving", "dropout-fixed")
 _EDGE = 0.6  # width (voxels) of the sigmoid edges: anti-aliased, not binary, still sharp.
 # Independent random streams per pair, so switching a nuisance on or off leaves the rest unchanged.
 _ANATOMY, _TEXTURE, _DROPOUT, _BIAS, _NOISE = range(5)
@@ -288,9 +290,10 @@ def make_phantom_pair(config: PhantomConfig, index: int) -> PairSample:
     rng_bias, rng_noise = _rng(config, index, _BIAS), _rng(config, index, _NOISE)
     moving, fixed = (_acquire(s, config, rng_bias, rng_noise) for s in signals)
     pair_id = f"phantom-{config.dims}d-s{config.seed}-{index:04d}"
+    tags = (DROPOUT_TAGS[which],) if hit else ()
     return PairSample(moving=moving, fixed=fixed, pair_id=pair_id, subject_id=pair_id,
                       moving_mask=frames[0][1], fixed_mask=frames[1][1],
-                      spacing_mm=(SPACING_MM,) * config.dims, disp_gt=disp.astype(np.float32))
+                      spacing_mm=(SPACING_MM,) * config.dims, disp_gt=disp.astype(np.float32), tags=tags)
 
 
 def make_phantom_dataset(config: PhantomConfig) -> list[PairSample]:
