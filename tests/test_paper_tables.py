@@ -213,6 +213,22 @@ def test_nuisance_groups_on_known_tags(bench):
                                             "any nuisance": {"p1", "p2"}}
 
 
+def test_score_by_structure_reads_the_scoring_network_of_a_run(matrix, tmp_path):
+    spec = importlib.util.spec_from_file_location("score_by_structure", SCRIPT.parent / "score_by_structure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "scores.md"
+    assert module.main([str(matrix.work / "synthetic/voxelmorph/adacs/seed0"), "--max-pairs", "4",
+                        "--out", str(out)]) == 0
+    text = "\n".join(line for line in out.read_text(encoding="utf-8").splitlines() if not line.startswith("#"))
+    table = as_dict(section("### scores\n" + text, "scores"), 3)
+    row = table[("synthetic", "voxelmorph", "adacs")]
+    regions = ("background", "blood pool", "myocardium", "dropout blob (fixed frame)", "heart outside the blob")
+    assert all(0 < float(row[f"mean S: {region}"]) < 1 for region in regions), row
+    with pytest.raises(SystemExit, match="no checkpoint with a scoring network"):
+        module.main([str(matrix.work / "synthetic/voxelmorph/none/seed0")])
+
+
 def test_rerun_trains_nothing_new_and_completes_a_lost_record(bench, matrix):
     lost = "synthetic/transmorph/nll/seed0"
     (matrix.work / lost / "run.json").unlink()
