@@ -72,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = [scores(run, args.max_pairs) for run in args.runs]
     regions = list(dict.fromkeys(region for _, means in results for region in means))
-    lines = ["| dataset | arch | method | seed | " + " | ".join(f"mean S: {r}" for r in regions) + " |",
-             "|---" * (4 + len(regions)) + "|"]
+    lines = ["| dataset | arch | options | method | seed | " + " | ".join(f"mean S: {r}" for r in regions) + " |",
+             "|---" * (5 + len(regions)) + "|"]
     for record, means in results:
-        lines.append(f"| {record['dataset']} | {record['arch']} | {record['method']} | {record['seed']} | "
+        options = ", ".join(f"{k}={v}" for k, v in record["train_config"]["estimator"]["options"].items()) or "–"
+        lines.append(f"| {record['dataset']} | {record['arch']} | {options} | {record['method']} | {record['seed']} | "
                      + " | ".join(f"{means[r]:.3f}" if r in means else "–" for r in regions) + " |")
     command = "python benchmarks/score_by_structure.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = "\n".join(["# Mean score S per structure of the held-out targets", "", f"Command: `{command}`", "",

@@ -221,8 +221,8 @@ def test_score_by_structure_reads_the_scoring_network_of_a_run(matrix, tmp_path)
     assert module.main([str(matrix.work / "synthetic/voxelmorph/adacs/seed0"), "--max-pairs", "4",
                         "--out", str(out)]) == 0
     text = "\n".join(line for line in out.read_text(encoding="utf-8").splitlines() if not line.startswith("#"))
-    table = as_dict(section("### scores\n" + text, "scores"), 3)
-    row = table[("synthetic", "voxelmorph", "adacs")]
+    table = as_dict(section("### scores\n" + text, "scores"), 4)
+    row = table[("synthetic", "voxelmorph", "–", "adacs")]
     regions = ("background", "blood pool", "myocardium", "dropout blob (fixed frame)", "heart outside the blob")
     assert all(0 < float(row[f"mean S: {region}"]) < 1 for region in regions), row
     with pytest.raises(SystemExit, match="no checkpoint with a scoring network"):
