@@ -239,6 +239,15 @@ def _validate(estimator: DisplacementEstimator, val: tuple | None, label: int) -
     return {"val_dice": float(np.mean(dsc)), "val_folding_pct": float(np.mean(folding))}
 
 
+def _identity_dice(val: tuple, label: int) -> float:
+    """Validation Dice with no registration: the baseline that gives a validation Dice its meaning
+    (and shows whether the displacement warm-up had registered anything before scoring began)."""
+    from models.metrics import dice
+
+    _, _, moving_masks, fixed_masks = val
+    return float(np.mean([dice(mm == label, fm == label) for mm, fm in zip(moving_masks, fixed_masks)]))
+
+
 def _prepare_val(pairs: Sequence[PairSample] | None, cfg: TrainConfig) -> tuple | None:
     from models.inference import stack_pairs
 
@@ -372,6 +381,8 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
                                    elapsed_s=time.perf_counter() - wall_start))
 
     card = _model_card(cfg, method, history, data_description, train_pairs, time.perf_counter() - wall_start)
+    if val is not None:
+        card["validation"]["val_dice_identity"] = _identity_dice(val, label)
     save_artifact(out_dir / "model", estimator.cpu(), cfg.estimator, cfg.intensity, card,
                   train_shape=tuple(moving_all.shape[2:]), train_spacing_mm=_typical_spacing(train_pairs))
     return TrainResult(estimator=estimator, history=history, out_dir=out_dir)

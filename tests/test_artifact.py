@@ -2,12 +2,15 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from models.artifact import load_artifact
+from models.data.pairs import MYOCARDIUM
 from models.data.synthetic import PhantomConfig, make_phantom_dataset
+from models.metrics import dice
 from models.networks import scoring
 from models.networks.estimator import EstimatorConfig
 from models.trainer import TrainConfig, train
@@ -32,6 +35,11 @@ def test_artifact_files_and_card(trained):
     assert card["architecture"] == "voxelmorph" and card["method"] == "adacs"
     assert card["hyperparameters"]["alpha"] == 0.02 and card["data"]["train"] == {"kind": "synthetic"}
     assert "val_dice" in card["validation"] and "Research use only" in card["intended_use"]
+    # The unregistered baseline beside it, from the validation pairs' own masks.
+    val = make_phantom_dataset(PhantomConfig(size=32, n=2, seed=5))
+    expected = np.mean([dice(p.moving_mask == MYOCARDIUM, p.fixed_mask == MYOCARDIUM) for p in val])
+    assert card["validation"]["val_dice_identity"] == pytest.approx(expected)
+    assert 0 < card["validation"]["val_dice_identity"] < 100
     assert card["training"]["displacement_updates"] == 2
 
 
