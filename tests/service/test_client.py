@@ -32,7 +32,7 @@ from service.client import DOWNLOADS, AdacsApiError, AdacsClient, parse_sse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 import test_registration_flow as e2e  # noqa: E402
 
-stack, MODEL, tail = e2e.stack, e2e.MODEL, e2e.tail
+stack, MODEL = e2e.stack, e2e.MODEL
 
 ON_SQLITE = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 TIMEOUT_S = 90
@@ -82,7 +82,7 @@ def test_register_wait_and_download_all_give_the_servers_files(stack, image_pair
         job = client.register(**image_pair)
         assert job["status"] in ("queued", "running", "succeeded") and job["model"] == MODEL
         job = client.wait_registration(job["id"], timeout=TIMEOUT_S, poll_s=0.1, on_progress=seen.append)
-        assert job["status"] == "succeeded", f"{job['error']}\n{tail(stack.log)}"
+        assert job["status"] == "succeeded", f"{job['error']}\n{stack.worker.tail()}"
         paths = client.download_all(job["id"], tmp_path / "out")
         (tmp_path / "one").mkdir()
         one = client.download(job["id"], "warped-mask", tmp_path / "one")  # a folder: the server's file name
