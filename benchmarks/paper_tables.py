@@ -124,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--scoring-lr", type=float, help="scoring network lr (default: --lr)")
     p.add_argument("--alpha", type=float, default=0.02, help="AdaCS scoring regulariser weight α (SPEC: 0.02)")
+    p.add_argument("--lam", type=float, default=TrainConfig.lam,
+                   help=f"smoothness weight λ of every method (SPEC: {TrainConfig.lam})")
     p.add_argument("--arch-option", dest="arch_options", type=_arch_option, action="append", default=[],
                    help="ARCH:KEY=VALUE, repeatable: the architecture's options, or enc/dec/int_steps/int_downsize")
     p.add_argument("--val-max-pairs", type=int, default=32, help="pairs validated after every epoch (0: none)")
@@ -224,7 +226,7 @@ def train_config(args, run: Run, ndim: int) -> TrainConfig:
                       warmup_epochs=args.warmup_epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
                       lr=args.lr, scoring_lr=args.scoring_lr, seed=run.seed, val_max_pairs=args.val_max_pairs,
-                      estimator=estimator)
+                      lam=args.lam, estimator=estimator)
     return replace(cfg, picture_every=0 if args.no_pictures else total_epochs(cfg))  # the last epoch's panel
 
 
@@ -562,7 +564,7 @@ def header(args, command: str, n_finished: int, n_planned: int) -> list[str]:
             f"Budget per run: {(w + e) * s} displacement updates of batch {args.batch_size} (warm-up {w} epochs, "
             f"{e} main epochs, {s} updates per epoch); AdaCS and its ablations add {w * s} scoring-only updates "
             f"and one scoring update per alternating update. lr {args.lr} (scoring network "
-            f"{args.scoring_lr or args.lr}), α {args.alpha} (AdaCS and its ablations), network sizes: "
+            f"{args.scoring_lr or args.lr}), λ {args.lam}, α {args.alpha} (AdaCS and its ablations), network sizes: "
             + (f"the SPEC's except {options}." if options else "the SPEC's."),
             "", f"Seeds: {', '.join(map(str, args.seeds))}. With several seeds each pair's metric is averaged over "
             "the seeds first; \"DSC sd over seeds\" is the spread of the seeds' mean DSC.", "",

@@ -287,3 +287,12 @@ def test_tables_only_renders_the_finished_runs_and_trains_nothing(bench, matrix,
     text = out.read_text(encoding="utf-8")
     assert "--tables-only" not in text and section(text, "Table 1") == section(matrix.out.read_text(
         encoding="utf-8"), "Table 1")
+
+
+def test_weights_reach_every_methods_config(bench):
+    """λ applies to every method; α only to those with a scoring network (the others keep the default)."""
+    args = bench.parse_args(["--datasets", "synthetic", "--lam", "0.05", "--alpha", "0.1"])
+    for method, alpha in (("none", bench.TrainConfig.alpha), ("nll", bench.TrainConfig.alpha), ("adacs", 0.1)):
+        cfg = bench.train_config(args, bench.Run("synthetic", "voxelmorph", method, 0), 2)
+        assert (cfg.lam, cfg.alpha) == (0.05, alpha)
+    assert bench.parse_args(["--datasets", "synthetic"]).lam == bench.TrainConfig.lam == 0.01
