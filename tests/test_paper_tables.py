@@ -296,3 +296,22 @@ def test_weights_reach_every_methods_config(bench):
         cfg = bench.train_config(args, bench.Run("synthetic", "voxelmorph", method, 0), 2)
         assert (cfg.lam, cfg.alpha) == (0.05, alpha)
     assert bench.parse_args(["--datasets", "synthetic"]).lam == bench.TrainConfig.lam == 0.01
+
+
+def test_compare_runs_tests_two_cells_overall_and_by_nuisance(matrix, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT.parent / "compare_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cells = [str(matrix.work / "synthetic/voxelmorph" / method) for method in ("adacs", "none")]
+    out = tmp_path / "controls.md"
+    assert module.main([*cells, "--out", str(out)]) == 0
+    text = "\n".join(line for line in out.read_text(encoding="utf-8").splitlines() if not line.startswith("#"))
+    table = as_dict(section("### c\n" + text, "c"), 1)
+    assert {k[0]: v["n"] for k, v in table.items()} == {"all": "4", "clean": "2", "dropout-fixed": "1",
+                                                        "dropout-moving": "1", "any nuisance": "2"}
+    reports = [json.loads((Path(c) / "seed0/report.json").read_text(encoding="utf-8")) for c in cells]
+    delta = sum(a["dsc"] - b["dsc"] for a, b in zip(*(r["pairs"] for r in reports))) / 4
+    assert table[("all",)]["Δ DSC"] == f"{delta:+.2f}"
+    with pytest.raises(SystemExit, match="no seed finished in both"):
+        module.main([cells[0], str(tmp_path)])
