@@ -31,8 +31,10 @@ import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data.pairs import MYOCARDIUM, PairSample
+from models.inference import eval_mode, predict_disp, stack_pairs, warp_labels
 from models.intensity import IntensityConfig
 from models.losses import momentum_update, scoring_activation
+from models.metrics import dice, folding_percent
 from models.networks.estimator import DisplacementEstimator, EstimatorConfig, build_estimator
 from models.networks.scoring import ScoringNet
 from models.objectives import (
@@ -206,8 +208,6 @@ def _scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimi
     teach ``g_ϕ`` where the *noised* registration fails, and on ACDC that scored the heart itself
     as unreliable (AdaCS with DiffuseMorph fell from 69.5 to 56.2 DSC; benchmarks/LOG.md).
     """
-    from models.inference import eval_mode
-
     terms = METHODS[cfg.method].scoring
     optimizer.zero_grad(set_to_none=True)
     logs = {"loss_se": 0.0, "scs": 0.0, "reg": 0.0, "tv": 0.0, "score_mean": 0.0}
@@ -228,9 +228,6 @@ def _scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimi
 def _validate(estimator: DisplacementEstimator, val: tuple | None, label: int) -> dict[str, float]:
     if val is None:
         return {}
-    from models.inference import predict_disp, warp_labels
-    from models.metrics import dice, folding_percent
-
     moving, fixed, moving_masks, fixed_masks = val
     disp = predict_disp(estimator, moving, fixed)
     dsc = [dice(warp_labels(mm, d) == label, fm == label)
@@ -242,15 +239,11 @@ def _validate(estimator: DisplacementEstimator, val: tuple | None, label: int) -
 def _identity_dice(val: tuple, label: int) -> float:
     """Validation Dice with no registration: the baseline that gives a validation Dice its meaning
     (and shows whether the displacement warm-up had registered anything before scoring began)."""
-    from models.metrics import dice
-
     _, _, moving_masks, fixed_masks = val
     return float(np.mean([dice(mm == label, fm == label) for mm, fm in zip(moving_masks, fixed_masks)]))
 
 
 def _prepare_val(pairs: Sequence[PairSample] | None, cfg: TrainConfig) -> tuple | None:
-    from models.inference import stack_pairs
-
     pairs = [p for p in (pairs or []) if p.moving_mask is not None and p.fixed_mask is not None]
     if not pairs:
         return None
@@ -285,7 +278,6 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
     cancellation, say) stops training after the last completed checkpoint.
     """
     from models.artifact import save_artifact, write_json_atomic
-    from models.inference import stack_pairs
 
     cfg.validate()
     out_dir = Path(out_dir)
