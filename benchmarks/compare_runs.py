@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from paper_tables import cell, paired, seed_averaged
+from paper_tables import cell, nuisance_groups, paired, seed_averaged
 
 METRICS = ("dsc", "hd", "asd")
 
@@ -31,22 +31,16 @@ def finished_reports(folder: Path) -> dict[int, dict]:
 
 
 def groups(reports: list[dict]) -> dict[str, set[str]]:
-    """``all``, ``clean`` and each tag's pair ids (``clean`` and tags only when some pair is tagged).
+    """``all`` pairs, then ``paper_tables.nuisance_groups`` when some pair is tagged.
 
     Tags are read from whichever report has them: reports written before tags existed have none.
     """
-    tags: dict[str, list[str]] = {}
+    tags: dict[str, list[str]] = {p["pair_id"]: [] for p in reports[0]["pairs"]}
     for report in reports:
         for p in report["pairs"]:
-            if p.get("tags"):
+            if p.get("tags") and p["pair_id"] in tags:
                 tags[p["pair_id"]] = p["tags"]
-    out = {"all": {p["pair_id"] for p in reports[0]["pairs"]}}
-    if tags:
-        out["clean"] = out["all"] - set(tags)
-        for tag in sorted({t for values in tags.values() for t in values}):
-            out[tag] = {pair_id for pair_id, values in tags.items() if tag in values}
-        out["any nuisance"] = out["all"] - out["clean"]
-    return out
+    return {"all": set(tags)} | (nuisance_groups(tags) if any(tags.values()) else {})
 
 
 def compare(a_dir: Path, b_dir: Path, label_a: str, label_b: str) -> list[str]:

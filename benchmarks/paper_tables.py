@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -469,19 +470,20 @@ def table3(name: str, results: dict, args) -> list[str]:
     return lines
 
 
-def nuisance_groups(pairs: list[PairSample]) -> dict[str, set[str]]:
-    """Pair ids by known nuisance (``PairSample.tags``): ``clean``, each tag, and ``any nuisance``."""
-    groups: dict[str, set[str]] = {"clean": {p.pair_id for p in pairs if not p.tags}}
-    for tag in sorted({tag for p in pairs for tag in p.tags}):
-        groups[tag] = {p.pair_id for p in pairs if tag in p.tags}
-    groups["any nuisance"] = {p.pair_id for p in pairs if p.tags}
+def nuisance_groups(tags: dict[str, Sequence[str]]) -> dict[str, set[str]]:
+    """Pair ids by known nuisance, from ``{pair_id: tags}`` (``PairSample.tags``, or a report row's
+    ``tags``): ``clean``, each tag, and ``any nuisance``."""
+    groups: dict[str, set[str]] = {"clean": {pair_id for pair_id, names in tags.items() if not names}}
+    for tag in sorted({tag for names in tags.values() for tag in names}):
+        groups[tag] = {pair_id for pair_id, names in tags.items() if tag in names}
+    groups["any nuisance"] = {pair_id for pair_id, names in tags.items() if names}
     return groups
 
 
 def nuisance_table(name: str, results: dict, args, pairs: list[PairSample], identity: dict) -> list[str]:
     """DSC split by the nuisances the evaluation pairs carry by construction, and AdaCS against each
     method on the pairs with one: where AdaCS should help, if anywhere."""
-    groups = nuisance_groups(pairs)
+    groups = nuisance_groups({p.pair_id: p.tags for p in pairs})
     titles = [f"DSC % {group} (n = {len(ids)})" for group, ids in groups.items()]
     lines = ["| arch | method | seeds | " + " | ".join(titles) + " | Δ DSC any nuisance (AdaCS − row) | p (pairs) |",
              "|---" * (len(titles) + 5) + "|"]

@@ -209,8 +209,8 @@ def test_nuisance_groups_on_known_tags(bench):
     image = np.zeros((4, 4), np.float32)
     pairs = [bench.PairSample(image, image, f"p{i}", f"p{i}", tags=tags)
              for i, tags in enumerate([(), ("a",), ("a", "b"), ()])]
-    assert bench.nuisance_groups(pairs) == {"clean": {"p0", "p3"}, "a": {"p1", "p2"}, "b": {"p2"},
-                                            "any nuisance": {"p1", "p2"}}
+    assert bench.nuisance_groups({p.pair_id: p.tags for p in pairs}) == {
+        "clean": {"p0", "p3"}, "a": {"p1", "p2"}, "b": {"p2"}, "any nuisance": {"p1", "p2"}}
 
 
 def test_score_by_structure_reads_the_scoring_network_of_a_run(matrix, tmp_path):
