@@ -2,11 +2,13 @@
 # Entry point of both images. The first argument picks the process:
 #   api      migrate the database, then serve service.main:app with uvicorn on port 8000
 #   worker   migrate the database, then run the Celery worker on WORKER_QUEUES
-#   beat     Celery beat: the reaper's schedule (one per deployment)
+#   beat     Celery beat: the reaper and retention schedules (one per deployment)
 #   migrate  only migrate the database (a one-off: `docker compose run --rm api migrate`)
 #   anything else is run as given, e.g. `adacs --help` or `bash`.
 # Every knob is an environment variable; docker/ENVIRONMENT.md lists them.
 set -euo pipefail
+# Patient images: everything this process creates is its user's alone (service/core/privacy.py).
+umask 077
 
 migrate() {
   # Safe at every start and from several containers at once: upgrade_database() holds a
@@ -55,7 +57,7 @@ case "$role" in
       --task-events "$@"
     ;;
   beat)
-    # Celery beat, whose only schedule is the reaper of stale jobs (ADACS_REAPER_INTERVAL_S).
+    # Celery beat: the reaper (ADACS_REAPER_INTERVAL_S) and retention (ADACS_RETENTION_INTERVAL_S).
     exec celery --app worker.celery_app:app beat \
       --schedule /tmp/celerybeat-schedule --pidfile /tmp/celerybeat.pid \
       --loglevel "${LOG_LEVEL:-info}" "$@"

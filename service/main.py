@@ -16,11 +16,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from service.api.auth import AuthMiddleware, route_rules
 from service.api.errors import install_error_handler
 from service.api.limits import BodySizeLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import datasets, health, models, registrations, training
 from service.core.config import Settings, get_settings
+from service.core.privacy import use_private_umask
 from service.db import make_engine, make_session_factory
 from service.storage import LocalArtifactStore
 from service.tasks import TaskSender
@@ -44,6 +46,7 @@ def _lifespan(settings: Settings | None, inference_queue: str | None, training_q
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         resolved = settings or get_settings()
+        use_private_umask()  # uploads and the SQLite file are patient data: owner-only (service.core.privacy)
         if (resolved.broker_url or "").startswith("filesystem"):
             resolved.ensure_directories()  # the embedded broker's folders must exist before a task is sent
         engine = make_engine(resolved.database_url, busy_timeout_ms=resolved.db_busy_timeout_ms)
@@ -68,11 +71,16 @@ def create_app(settings: Settings | None = None, *, inference_queue: str | None 
                   description="Deformable registration of medical images with adaptive correspondence scoring "
                               "(AdaCS): a model registry, registrations and trainings.")
     app.state.metrics = Metrics()
-    for router in (health.router, models.router, registrations.router, datasets.router, training.router):
+    routers = (health.router, models.router, registrations.router, datasets.router, training.router)
+    for router in routers:
         app.include_router(router)  # no prefix here: routers carry theirs (see service.api.routes)
     install_error_handler(app)
+    # Added innermost first: metrics see every answer; a key is checked before the body size, and
+    # both before any body is read (401/403 come before 413 and before the body is parsed).
     app.add_middleware(BodySizeLimitMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: it also counts 413s
+    # The docs' own routes (public) and every router's routes, whose paths are their full templates.
+    app.add_middleware(AuthMiddleware, rules=route_rules([*app.routes, *(r for rt in routers for r in rt.routes)]))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
 

@@ -9,7 +9,7 @@ or started besides this command. :func:`serve`
 2. migrates the database once (:func:`~service.db.migrate.upgrade_database`);
 3. starts one Celery worker subprocess on the ``inference`` and ``training`` queues (``--pool solo``
    for one worker, prefork with ``--concurrency N`` for more), with Celery beat embedded for the
-   reaper of stale jobs, and writes its pid to ``DATA_DIR/worker.pid``;
+   reaper of stale and lost jobs and for retention, and writes its pid to ``DATA_DIR/worker.pid``;
 4. serves the API with uvicorn in the foreground until SIGINT or SIGTERM, then stops the worker:
    SIGTERM (Celery's warm shutdown), a wait, then SIGKILL to its whole process group.
 
@@ -50,8 +50,9 @@ def worker_command(workers: int = 1, hostname: str = "adacs-serve@%h", beat_sche
                    queues: Sequence[str] = QUEUES) -> list[str]:
     """The Celery worker command line: ``--pool solo`` for one worker, prefork for more.
 
-    With ``beat_schedule`` (a file) the worker also runs Celery beat, whose only schedule is the
-    reaper (``worker.reaper``): one process fewer than the deployed setup's separate ``beat`` service.
+    With ``beat_schedule`` (a file) the worker also runs Celery beat, whose schedules are the reaper
+    (``worker.reaper``) and retention (``service.retention``): one process fewer than the deployed
+    setup's separate ``beat`` service.
     """
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -180,6 +181,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
     import uvicorn
 
     from service.core.config import get_settings
+    from service.core.privacy import use_private_umask
     from service.db.migrate import upgrade_database
     from service.main import create_app
     from service.starter import install_starter_model
@@ -187,6 +189,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    use_private_umask()  # before anything is created: the worker inherits it (service.core.privacy)
     if data_dir is not None:
         os.environ["ADACS_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
     get_settings.cache_clear()

@@ -43,10 +43,12 @@ from models.io.errors import (
     UnsafePathError,
     UnsupportedDimensionsError,
     UnsupportedFormatError,
+    ValuesOutOfRangeError,
     VectorImageError,
 )
 from models.io.image import Geometry, Image
 from models.io.readers import check_mask, check_pair, read_header, read_image
+from models.io.readers.checks import FLOAT32_MAX, check_float32_range
 
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data" / "test_files"
 SPACING, ORIGIN = (0.7, 0.9, 2.5), (1.0, 2.0, 3.0)
@@ -188,7 +190,7 @@ def text_file_named_nii(tmp):
     return tmp / "notes.nii"
 
 
-@case(NotAnImageError, "text file.*'id,age")
+@case(NotAnImageError, "text file, not an image \\(12 bytes\\)")
 def csv_file(tmp):
     (tmp / "table.csv").write_text("id,age\n1,40\n", encoding="utf-8")
     return tmp / "table.csv"
@@ -339,6 +341,14 @@ def inf_voxels(tmp):
     return write(tmp / "inf.mha", array)
 
 
+@case(ValuesOutOfRangeError, "2 voxels beyond ±3.403e\\+38, the range of 32-bit floats .*\\(first at index "
+                             "\\(1, 0, 0\\)\\)")
+def float64_beyond_float32(tmp):
+    array = volume(dtype=np.float64)
+    array[0, 0, 1], array[2, 3, 4] = 1e39, -1e300  # finite in float64, Inf once cast to float32
+    return write(tmp / "huge.nii.gz", array)
+
+
 @case(EmptyImageError, "zero-size axis \\(size 16×0×5\\)")
 def zero_size_axis_nifti(tmp):
     nib.save(nib.Nifti1Image(np.zeros((16, 0, 5), np.float32), np.eye(4)), tmp / "empty.nii")
@@ -467,7 +477,7 @@ def nrrd_without_sizes(tmp):
     return path
 
 
-@case(UnreadableImageError, "bad NRRD header: the line 'this is not a field' is not 'field: value'")
+@case(UnreadableImageError, "bad NRRD header: line 2 is not 'field: value'")
 def nrrd_with_garbage_line(tmp):
     (tmp / "vol.nrrd").write_bytes(b"NRRD0004\nthis is not a field\ntype: float\n\n" + b"\x00" * 64)
     return tmp / "vol.nrrd"
@@ -710,3 +720,49 @@ def test_byte_limit_is_checked_before_writing(tmp_path):
     with pytest.raises(ArchiveTooLargeError):
         extract_zip(archive, dest, max_total_bytes=8000)
     assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_float32_range_check_alone():
+    """Only wider floats can exceed float32; the edge itself is accepted, one step past it is not."""
+    edge = np.array([[FLOAT32_MAX, -FLOAT32_MAX], [0.0, 1.0]])
+    check_float32_range(edge, "edge.nii")
+    check_float32_range(np.array([[np.iinfo(np.int64).max, 0]]), "int64.nii")  # int64 fits in float32's range
+    check_float32_range(np.array([[1.0, 2.0]], np.float32), "f32.nii")
+    past = np.nextafter(FLOAT32_MAX, np.inf) * 2
+    with pytest.raises(ValuesOutOfRangeError, match="1 voxels beyond") as info:
+        check_float32_range(np.array([[0.0, -past]]), "past.nii")
+    error = info.value
+    assert error.http_status == 422 and error.code == "values_out_of_range" and error.path == "past.nii"
+    assert error.details == {"count": 1, "limit": FLOAT32_MAX} and "Inf" not in error.problem
+
+
+def test_a_float64_image_beyond_float32_is_not_called_infinite(tmp_path):
+    """Before the range check these images were refused later as holding infinite voxels they do not hold."""
+    array = volume(dtype=np.float64)
+    array[0, 0, 0] = 1e200
+    with pytest.raises(ValuesOutOfRangeError) as info:
+        read_image(write(tmp_path / "huge.mha", array))
+    assert not isinstance(info.value, NonFiniteValuesError) and "infinite" not in str(info.value)
+    array[0, 0, 0] = 3e38  # inside float32's range: read, kept as float64
+    assert read_image(write(tmp_path / "big.mha", array)).array.dtype == np.float64
+
+
+SECRET = "root:$6$s3cr3t-hash:19000:0:99999:7:::"
+
+
+@pytest.mark.parametrize("name, data", [
+    ("shadow", (SECRET + "\n").encode()),
+    ("shadow.nii", (SECRET + "\n").encode()),
+    ("garbage.nrrd", b"NRRD0004\nthe s3cr3t is hunter2\ntype: float\n\n"),  # no colon: not a field
+    ("badtype.nrrd", f"NRRD0004\ntype: {SECRET}\ndimension: 1\nsizes: 4\nencoding: raw\n\n".encode()),
+    ("badenc.nrrd", f"NRRD0004\ntype: float\ndimension: 1\nsizes: 4\nencoding: {SECRET}\n\n".encode()),
+    ("badtype.mha", f"ObjectType = Image\nNDims = 2\nDimSize = 2 2\nElementType = {SECRET}\n"
+                    "ElementDataFile = LOCAL\n".encode()),
+], ids=lambda value: value if isinstance(value, str) else "")
+def test_refusals_never_quote_the_file(tmp_path, name, data):
+    """A manifest or a misnamed upload may point the readers at any text: its words must not come back."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ImageError) as info:
+        read_image(tmp_path / name)
+    said = f"{info.value} {info.value.to_dict()}".lower()  # readers upper-case some fields (ElementType)
+    assert "s3cr3t" not in said and "hunter2" not in said

@@ -223,3 +223,96 @@ def test_file_errors(tmp_path, images):
     csv_path = write_csv(tmp_path / "pairs.csv", "fixed,moving\nimages/fixed.nii.gz,images/moving.mha\n")
     with pytest.raises(ValueError, match="crop must be"):
         load_manifest(csv_path, crop=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# confinement: with root=, nothing outside the dataset's folder is read (without it, a local user's paths work)
+
+
+@pytest.fixture
+def dataset(tmp_path, images) -> Path:
+    """An uploaded dataset's folder holding the pair images, beside a secret the server can read."""
+    root = tmp_path / "dataset"
+    for name in ("fixed.nii.gz", "moving.mha"):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "images" / name).write_bytes(images[name.split(".")[0]].read_bytes())
+    (tmp_path / "secret.txt").write_text("TOPSECRET-LINE\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("cell", [
+    "{outside}/images/fixed.nii.gz",  # absolute
+    "../images/fixed.nii.gz",  # climbs out
+    "images/../../images/fixed.nii.gz",  # climbs out in the middle
+    "images/../images/fixed.nii.gz",  # '..' that would stay inside is refused too: the rule is on the text
+    "~/fixed.nii.gz",  # the server user's home
+    "C:/images/fixed.nii.gz",  # a Windows drive
+])
+def test_with_root_escaping_cells_are_refused_naming_row_and_column(tmp_path, dataset, cell):
+    csv_path = write_csv(dataset / "pairs.csv",
+                         "fixed,moving\nimages/fixed.nii.gz,images/moving.mha\n"
+                         f"images/fixed.nii.gz,{cell.format(outside=tmp_path)}\n")
+    with pytest.raises(ValueError, match=r"pairs.csv row 3: moving: the path must be relative") as caught:
+        load_manifest(csv_path, root=dataset)
+    assert cell.format(outside=tmp_path) not in str(caught.value) and str(tmp_path / "images") not in str(caught.value)
+
+
+def test_with_root_a_symlink_out_is_refused_without_saying_where_it_points(tmp_path, dataset):
+    (dataset / "images" / "linked.nii.gz").symlink_to(tmp_path / "images" / "fixed.nii.gz")
+    (dataset / "elsewhere").symlink_to(tmp_path / "images", target_is_directory=True)
+    for cell in ("images/linked.nii.gz", "elsewhere/fixed.nii.gz"):
+        csv_path = write_csv(dataset / "pairs.csv", f"fixed,moving\n{cell},images/moving.mha\n")
+        with pytest.raises(ValueError, match="row 2: fixed: the path leaves the dataset's folder through a symbolic "
+                                             "link") as caught:
+            load_manifest(csv_path, root=dataset)
+        assert str(tmp_path / "images") not in str(caught.value)
+
+
+def test_with_root_a_folder_cell_holding_a_link_out_is_refused(tmp_path, dataset):
+    series = dataset / "series"
+    series.mkdir()
+    (series / "slice.dcm").symlink_to(tmp_path / "secret.txt")
+    csv_path = write_csv(dataset / "pairs.csv", "fixed,moving\nimages/fixed.nii.gz,series\n")
+    with pytest.raises(ValueError, match="row 2: moving: the folder holds a symbolic link that leaves"):
+        load_manifest(csv_path, root=dataset)
+
+
+def test_with_root_links_inside_and_plain_paths_still_work(dataset):
+    (dataset / "images" / "alias.mha").symlink_to(dataset / "images" / "moving.mha")
+    csv_path = write_csv(dataset / "sub" / "pairs.csv", "fixed,moving\n../images/fixed.nii.gz,../images/alias.mha\n")
+    with pytest.raises(ValueError, match="row 2: fixed: the path must be relative"):
+        load_manifest(csv_path, root=dataset)  # a manifest in a sub-folder cannot climb to its siblings
+    csv_path = write_csv(dataset / "pairs.csv", "fixed,moving\nimages/fixed.nii.gz,images/alias.mha\n")
+    [pair] = load_manifest(csv_path, root=dataset)
+    assert pair.shape == (24, 30)
+
+
+def test_with_root_the_manifest_itself_must_be_inside(tmp_path, dataset):
+    csv_path = write_csv(tmp_path / "pairs.csv",
+                         "fixed,moving\ndataset/images/fixed.nii.gz,dataset/images/moving.mha\n")
+    with pytest.raises(ValueError, match="the manifest lies outside the dataset's folder"):
+        load_manifest(csv_path, root=dataset)
+    with pytest.raises(ValueError, match="the manifest lies outside"):
+        load_pairs(f"manifest:{csv_path}", root=dataset)
+    with pytest.raises(ValueError, match="the acdc path lies outside"):
+        load_pairs(f"acdc:{tmp_path}", root=dataset)
+
+
+def test_without_root_absolute_home_and_parent_paths_work(tmp_path, dataset, monkeypatch):
+    """The CLI's ``--data manifest:...``: a local user may name any file they can read."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    csv_path = write_csv(dataset / "pairs.csv",
+                         f"fixed,moving\n{tmp_path / 'images' / 'fixed.nii.gz'},../images/moving.mha\n"
+                         "~/images/fixed.nii.gz,images/../images/moving.mha\n")
+    assert [p.shape for p in load_manifest(csv_path)] == [(24, 30), (24, 30)]
+    assert len(load_pairs(f"manifest:{csv_path}")) == 2
+    with pytest.raises(ValueError, match="row 2: fixed: the path must be relative"):
+        load_pairs(f"manifest:{csv_path}", root=dataset)
+
+
+def test_a_text_file_is_refused_without_quoting_it(tmp_path, dataset):
+    (dataset / "notes.nii.gz").write_text("TOPSECRET-LINE\nmore\n", encoding="utf-8")
+    csv_path = write_csv(dataset / "pairs.csv", "fixed,moving\nimages/fixed.nii.gz,notes.nii.gz\n")
+    with pytest.raises(NotAnImageError, match="is a text file, not an image") as caught:
+        load_manifest(csv_path, root=dataset)
+    assert "TOPSECRET" not in str(caught.value)

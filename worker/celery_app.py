@@ -33,16 +33,18 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from service.core.config import Settings, get_settings
+from service.core.privacy import use_private_umask
 from worker.settings import WorkerSettings, get_worker_settings
 
 __all__ = ["app", "create_app", "celery_config", "INFERENCE_QUEUE", "TRAINING_QUEUE", "REGISTRATION_TASK",
-           "TRAINING_TASK", "REAP_TASK", "FILESYSTEM_POLLING_INTERVAL_S"]
+           "TRAINING_TASK", "REAP_TASK", "RETENTION_TASK", "FILESYSTEM_POLLING_INTERVAL_S"]
 
 INFERENCE_QUEUE, TRAINING_QUEUE = "inference", "training"  # the defaults of ADACS_*_QUEUE
 REGISTRATION_TASK = "adacs.registration.run"
 TRAINING_TASK = "adacs.training.run"
 REAP_TASK = "adacs.maintenance.reap_stale_jobs"
-TASK_MODULES = ["worker.tasks.registration", "worker.tasks.training", "worker.reaper"]
+RETENTION_TASK = "adacs.maintenance.retention"
+TASK_MODULES = ["worker.tasks.registration", "worker.tasks.training", "worker.reaper", "worker.tasks.maintenance"]
 # kombu polls the filesystem transport's folder; its default (1 s) would add up to a second to
 # every job of the embedded mode.
 FILESYSTEM_POLLING_INTERVAL_S = 0.1
@@ -54,6 +56,11 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         settings.ensure_directories()  # the transport needs its folders, for senders and workers alike
         options["polling_interval"] = FILESYSTEM_POLLING_INTERVAL_S
     return options
+
+
+def _beat_entry(task: str, every_s: float, settings: Settings) -> dict[str, Any]:
+    """A periodic maintenance task, sent to the inference queue (every worker serves it in compose)."""
+    return {"task": task, "schedule": every_s, "options": {"queue": settings.inference_queue, "expires": every_s}}
 
 
 def celery_config(settings: Settings, worker_settings: WorkerSettings | None = None) -> dict[str, Any]:
@@ -82,16 +89,17 @@ def celery_config(settings: Settings, worker_settings: WorkerSettings | None = N
         # Explicit routes for our tasks; senders name the queue anyway (the API, the reaper).
         "task_routes": {REGISTRATION_TASK: {"queue": settings.inference_queue},
                         TRAINING_TASK: {"queue": settings.training_queue},
-                        REAP_TASK: {"queue": settings.inference_queue}},
+                        REAP_TASK: {"queue": settings.inference_queue},
+                        RETENTION_TASK: {"queue": settings.inference_queue}},
         # The soft limit raises inside the task, which then records the job as failed; the hard
         # limit kills a task that ignores it.
         "task_annotations": {REGISTRATION_TASK: {"soft_time_limit": max(1.0, 0.9 * limit), "time_limit": limit},
                              TRAINING_TASK: {"soft_time_limit": max(1.0, 0.95 * training_limit),
                                              "time_limit": training_limit}},
-        # Celery beat (``celery beat``, or ``worker --beat`` in the embedded mode) runs the reaper.
-        "beat_schedule": {"reap-stale-jobs": {"task": REAP_TASK, "schedule": settings.reaper_interval_s,
-                                              "options": {"queue": settings.inference_queue,
-                                                          "expires": settings.reaper_interval_s}}},
+        # Celery beat (``celery beat``, or ``worker --beat`` in the embedded mode) runs the reaper and
+        # retention; a round that no worker took before the next one is due is dropped (``expires``).
+        "beat_schedule": {"reap-stale-jobs": _beat_entry(REAP_TASK, settings.reaper_interval_s, settings),
+                          "retention": _beat_entry(RETENTION_TASK, settings.retention_interval_s, settings)},
     }
 
 
@@ -123,6 +131,7 @@ def _set_torch_threads() -> None:
 def _size_the_threads(sender: Any = None, **_: Any) -> None:
     """In the worker's main process (where ``--pool solo`` runs tasks) before any task runs."""
     global _concurrency
+    use_private_umask()  # outputs and checkpoints are patient data; pool processes inherit it
     _concurrency = int(getattr(sender, "concurrency", 1) or 1)
     _set_torch_threads()
 

@@ -70,21 +70,25 @@ def _update(session, where: ColumnElement[bool], **values: Any) -> int:
     return session.execute(statement).rowcount
 
 
-def claim_job(engine: Engine, job_id: str, kind: JobKind, max_attempts: int) -> Claim | None:
+def claim_job(engine: Engine, job_id: str, kind: JobKind, max_attempts: int, *,
+              only_if_queued: bool = False) -> Claim | None:
     """Mark the job ``running`` for one more attempt; None when there is nothing to run.
 
     Nothing to run: the row is gone, of another kind, finished (a redelivered message), or lost to
     a concurrent claim. A job with ``cancel_requested`` becomes ``cancelled``; one that already had
-    ``max_attempts`` deliveries (each killed its worker, say) becomes ``failed``.
+    ``max_attempts`` deliveries (each killed its worker, say) becomes ``failed``. With
+    ``only_if_queued`` (a copy the reaper sent, see ``worker.reaper``) a running job is left to its
+    live attempt: the same conditional UPDATE that claims checks it, so two copies cannot both win.
     """
+    claimable = (JobStatus.QUEUED,) if only_if_queued else ACTIVE
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
-        if job is None or job.kind != kind or job.status.finished:
+        if job is None or job.kind != kind or job.status not in claimable:
             log.info("job %s: %s, nothing to do", job_id, "gone" if job is None else
                      f"a {job.kind.value} job" if job.kind != kind else f"already {job.status.value}")
             return None
         attempts, params, now = job.attempts, dict(job.params or {}), utcnow()
-        seen = (Job.id == job_id) & (Job.attempts == attempts) & Job.status.in_(ACTIVE)
+        seen = (Job.id == job_id) & (Job.attempts == attempts) & Job.status.in_(claimable)
         if job.cancel_requested:
             _update(session, seen, status=JobStatus.CANCELLED, finished_at=now, progress={"phase": "cancelled"})
             return None
@@ -189,7 +193,7 @@ class JobMonitor:
 Work = Callable[[Claim, Engine, ArtifactStore, JobMonitor], dict[str, Any]]
 
 
-def run_job(job_id: str, kind: JobKind, settings: Settings, work: Work) -> None:
+def run_job(job_id: str, kind: JobKind, settings: Settings, work: Work, *, only_if_queued: bool = False) -> None:
     """A delivery's whole life: claim the job, run ``work`` under a heartbeat, record the outcome once.
 
     Cancelled -> ``cancelled``; overtaken -> nothing written; a transient database error is
@@ -198,7 +202,7 @@ def run_job(job_id: str, kind: JobKind, settings: Settings, work: Work) -> None:
     """
     engine = get_engine(settings.database_url, settings.db_busy_timeout_ms)
     store = LocalArtifactStore(settings.artifact_dir)
-    claim = claim_job(engine, job_id, kind, settings.max_attempts)
+    claim = claim_job(engine, job_id, kind, settings.max_attempts, only_if_queued=only_if_queued)
     if claim is None:
         return
     monitor = JobMonitor(engine, claim, settings.heartbeat_interval_s, settings.progress_min_interval_s)

@@ -7,11 +7,20 @@ The CSV has a header row naming its columns (any order, case-insensitive)::
     /abs/path/fixed_dicom.zip,/abs/path/moving_dicom_folder,,,case02,
 
 ``fixed`` and ``moving`` are required; ``fixed_mask``, ``moving_mask``, ``id`` and ``subject`` are
-optional columns and their cells may be empty. Paths are relative to the CSV's folder (absolute paths
-and ``~`` work too) and name anything :func:`models.io.readers.read_image` reads: NIfTI, MetaImage
+optional columns and their cells may be empty. Paths are relative to the CSV's folder and name anything
+:func:`models.io.readers.read_image` reads: NIfTI, MetaImage
 (``.mha``, ``.mhd`` + ``.raw``), NRRD, DICOM (a file, a folder or a zip). Masks are read with
 ``kind="label"``. Blank lines are skipped; a missing ``id`` becomes ``rowN`` and a missing ``subject``
 the pair's id. Rows are numbered as in a spreadsheet: the header is row 1.
+
+Where files may live. Without ``root`` (``adacs train --data manifest:...``, a local user reading their
+own disk) absolute paths and ``~`` work too, and ``..`` may climb out of the CSV's folder. With ``root``
+(the service: an uploaded dataset, at upload and in the training worker) the manifest is confined to
+that folder, because its cells are untrusted text that would otherwise read any file the server can:
+the CSV and every file must resolve (symbolic links followed) inside ``root``; absolute paths, ``~`` and
+``..`` components are refused outright, a link that leaves ``root`` (a file cell, or a link inside a
+folder cell) as well. Such a refusal is a ``ValueError`` naming the CSV, row and column, never the
+path the cell holds or where a link points, so nothing of the server's layout comes back.
 
 Each row becomes one :class:`~models.data.pairs.PairSample` on the **fixed image's grid**: the moving
 image (linear) and both masks (nearest, dtype kept) are resampled onto it in physical space with
@@ -29,16 +38,17 @@ the image centre when the row has no moving mask or it is empty. ``crop=None`` (
 fixed grid.
 
 Errors name the CSV and the row: ``ValueError`` for a missing or unknown column, an empty required
-cell, too many cells or a duplicate id, :class:`~models.io.errors.DimensionMismatchError` (a
-``ValueError``) for a 2D/3D mismatch within a row; ``FileNotFoundError`` for a
-missing file (every row's files are checked before any is read); a file the reader refuses re-raises
-its :class:`~models.io.errors.ImageError` (a ``ValueError``) of the same class with the CSV, row,
-column and file prepended, chained to the original.
+cell, too many cells, a duplicate id or a path that leaves ``root``,
+:class:`~models.io.errors.DimensionMismatchError` (a ``ValueError``) for a 2D/3D mismatch within a row;
+``FileNotFoundError`` for a missing file (every row's files are checked before any is read); a file
+the reader refuses re-raises its :class:`~models.io.errors.ImageError` (a ``ValueError``) of the same
+class with the CSV, row, column and file prepended, chained to the original.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,19 +77,28 @@ class _Row:
     subject: str
 
 
-def load_manifest(path: str | Path, crop: int | None = None) -> list[PairSample]:
-    """The pairs a CSV manifest lists, in file order (see the module docstring)."""
+def load_manifest(path: str | Path, crop: int | None = None, *, root: str | Path | None = None) -> list[PairSample]:
+    """The pairs a CSV manifest lists, in file order (see the module docstring).
+
+    ``root`` confines the CSV and every file it names to that folder (the service passes an uploaded
+    dataset's folder); ``None`` lets a local user's manifest name any file they can read.
+    """
     if crop is not None and (isinstance(crop, bool) or int(crop) != crop or crop <= 0):
         raise ValueError(f"crop must be a positive integer or None, got {crop!r}")
-    csv_path = Path(path).expanduser()
+    inside = None if root is None else Path(root).resolve()
+    csv_path = Path(path) if inside is not None else Path(path).expanduser()
+    if inside is not None and not csv_path.resolve().is_relative_to(inside):
+        raise ValueError("the manifest lies outside the dataset's folder")
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest {csv_path} does not exist" if not csv_path.exists()
                                 else f"manifest {csv_path} is not a file")
-    rows = _parse(csv_path)
+    rows = _parse(csv_path, inside)
     for row in rows:  # every file checked before any is read
         for column, file_path in row.files.items():
             if not file_path.exists():
                 raise FileNotFoundError(f"{csv_path} row {row.number}: {column} file {file_path} does not exist")
+            if inside is not None:
+                _no_link_out(file_path, inside, f"{csv_path} row {row.number}: {column}")
     return [_make_pair(csv_path, row, crop) for row in rows]
 
 
@@ -87,7 +106,7 @@ def load_manifest(path: str | Path, crop: int | None = None) -> list[PairSample]
 # the CSV
 
 
-def _parse(csv_path: Path) -> list[_Row]:
+def _parse(csv_path: Path, root: Path | None) -> list[_Row]:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header: list[str] | None = None
@@ -100,7 +119,7 @@ def _parse(csv_path: Path) -> list[_Row]:
             if header is None:
                 header = _header(csv_path, cells, number)
                 continue
-            row = _row(csv_path, header, cells, number)
+            row = _row(csv_path, header, cells, number, root)
             if row.pair_id in seen:
                 raise ValueError(f"{csv_path} row {number}: id {row.pair_id!r} already used in row {seen[row.pair_id]}")
             seen[row.pair_id] = number
@@ -128,7 +147,7 @@ def _header(csv_path: Path, cells: list[str], number: int) -> list[str]:
     return names
 
 
-def _row(csv_path: Path, header: list[str], cells: list[str], number: int) -> _Row:
+def _row(csv_path: Path, header: list[str], cells: list[str], number: int, root: Path | None) -> _Row:
     if len(cells) > len(header):
         raise ValueError(f"{csv_path} row {number}: {len(cells)} cells but the header has {len(header)} columns")
     values = {name: "" for name in COLUMNS}
@@ -139,10 +158,49 @@ def _row(csv_path: Path, header: list[str], cells: list[str], number: int) -> _R
     files = {}
     for name, _ in _FILE_COLUMNS:
         if values[name]:
-            file_path = Path(values[name]).expanduser()
-            files[name] = file_path if file_path.is_absolute() else csv_path.parent / file_path
+            if root is None:
+                files[name] = _local_path(csv_path, values[name])
+            else:
+                files[name] = _confined_path(csv_path, values[name], root, f"{csv_path} row {number}: {name}")
     pair_id = values["id"] or f"row{number}"
     return _Row(number, files, pair_id, values["subject"] or pair_id)
+
+
+# ---------------------------------------------------------------------------------------------------
+# where a cell's file may be
+
+_ESCAPES = re.compile(r"^(~|[/\\]|[A-Za-z]:)|(^|[/\\])\.\.([/\\]|$)|\x00")
+"""A cell that starts at home (``~``), at a root (``/``, ``\\``, ``C:``), climbs (``..``) or holds a NUL."""
+
+
+def _local_path(csv_path: Path, cell: str) -> Path:
+    """A local user's cell: ``~`` expanded, absolute kept, relative taken from the CSV's folder."""
+    file_path = Path(cell).expanduser()
+    return file_path if file_path.is_absolute() else csv_path.parent / file_path
+
+
+def _confined_path(csv_path: Path, cell: str, root: Path, where: str) -> Path:
+    """An uploaded dataset's cell: refused unless it is relative, never climbs, and resolves inside ``root``.
+
+    The text is checked first (what it means cannot depend on the server), then the resolved path (a
+    link in the dataset). The message names ``where`` (CSV, row, column) and the rule, not the cell.
+    """
+    if _ESCAPES.search(cell):
+        raise ValueError(f"{where}: the path must be relative to the manifest's folder, without '~' or '..' "
+                         "(absolute paths are refused in an uploaded dataset)")
+    file_path = csv_path.parent / cell
+    if not file_path.resolve().is_relative_to(root):
+        raise ValueError(f"{where}: the path leaves the dataset's folder through a symbolic link")
+    return file_path
+
+
+def _no_link_out(file_path: Path, root: Path, where: str) -> None:
+    """A folder cell (a DICOM series) read file by file: none of its links may lead out of ``root``."""
+    if not file_path.is_dir():
+        return
+    for inner in file_path.rglob("*"):
+        if inner.is_symlink() and not inner.resolve().is_relative_to(root):
+            raise ValueError(f"{where}: the folder holds a symbolic link that leaves the dataset's folder")
 
 
 # ---------------------------------------------------------------------------------------------------

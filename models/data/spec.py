@@ -37,6 +37,12 @@ A spec is ``KIND`` or ``KIND:REST``; the kinds supported:
 For every kind with a ``PATH``, only trailing ``:``-pieces that are a known split or a known
 ``key=value`` option are taken off it, so paths may contain ``:``.
 
+``load_pairs(spec, root=FOLDER)`` confines what a spec reads to ``FOLDER``: its ``PATH`` must resolve
+inside it, and a manifest's cells too (:func:`models.data.manifest.load_manifest`). The service passes
+an uploaded dataset's folder, because a user's manifest would otherwise read any file the server can;
+the CLI passes nothing, so a local user's spec may name any path. ``root`` is an argument, not a piece
+of the spec, because paths may contain ``:`` and a spec is text a user may write.
+
 New kinds are added by writing a ``(load, describe)`` pair of functions of ``REST`` and registering it
 in ``_KINDS``.
 """
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from models.data.pairs import MYOCARDIUM, PairSample
@@ -53,14 +60,25 @@ __all__ = ["describe_spec", "load_pairs", "supported_kinds"]
 
 
 class _Kind(NamedTuple):
-    load: Callable[[str], list[PairSample]]  # REST -> pairs
+    load: Callable[[str, Path | None], list[PairSample]]  # REST, root (None: anywhere) -> pairs
     describe: Callable[[str], dict[str, Any]]  # REST -> JSON-able options (without "kind")
 
 
-def load_pairs(spec: str) -> list[PairSample]:
-    """The registration pairs a ``--data`` spec names (see the module docstring for the syntax)."""
+def load_pairs(spec: str, *, root: str | Path | None = None) -> list[PairSample]:
+    """The registration pairs a ``--data`` spec names (see the module docstring for the syntax).
+
+    ``root`` confines every file the spec reads to that folder (uploaded datasets); ``ValueError``
+    when its path or a manifest's cell leads out of it.
+    """
     kind, rest = _split_kind(spec)
-    return _KINDS[kind].load(rest)
+    return _KINDS[kind].load(rest, None if root is None else Path(root).resolve())
+
+
+def _inside(kind: str, path: str, root: Path | None) -> str:
+    """``path`` unchanged, refused when ``root`` is given and it (``~`` unexpanded, links followed) leaves it."""
+    if root is not None and (path.startswith("~") or not Path(path).resolve().is_relative_to(root)):
+        raise ValueError(f"the {kind} path lies outside the dataset's folder")
+    return path
 
 
 def describe_spec(spec: str) -> dict[str, Any]:
@@ -128,7 +146,8 @@ def _synthetic_config(rest: str) -> Any:
     return PhantomConfig(**options)
 
 
-def _load_synthetic(rest: str) -> list[PairSample]:
+def _load_synthetic(rest: str, root: Path | None) -> list[PairSample]:
+    """Phantoms are made in memory: there is no file to confine to ``root``."""
     from models.data.synthetic import make_phantom_dataset
 
     return make_phantom_dataset(_synthetic_config(rest))
@@ -179,11 +198,12 @@ def _acdc_h5_options(rest: str) -> dict[str, Any]:
     return {"path": path, **_ACDC_DEFAULTS, **options}
 
 
-def _load_acdc_h5(rest: str) -> list[PairSample]:
+def _load_acdc_h5(rest: str, root: Path | None) -> list[PairSample]:
     from models.data.acdc_h5 import load_acdc_h5
 
     options = _acdc_h5_options(rest)
-    return load_acdc_h5(options["path"], split=options["split"], crop=options["crop"], label=options["label"])
+    path = _inside("acdc-h5", options["path"], root)
+    return load_acdc_h5(path, split=options["split"], crop=options["crop"], label=options["label"])
 
 
 def _describe_acdc_h5(rest: str) -> dict[str, Any]:
@@ -249,11 +269,12 @@ def _acdc_nifti_options(rest: str) -> dict[str, Any]:
     return {"path": path, "split": "all", "crop": 128, "label": MYOCARDIUM, **options}
 
 
-def _load_acdc_nifti(rest: str) -> list[PairSample]:
+def _load_acdc_nifti(rest: str, root: Path | None) -> list[PairSample]:
     from models.data.acdc_nifti import load_acdc_nifti
 
     options = _acdc_nifti_options(rest)
-    return load_acdc_nifti(options["path"], split=options["split"], crop=options["crop"], label=options["label"])
+    path = _inside("acdc", options["path"], root)
+    return load_acdc_nifti(path, split=options["split"], crop=options["crop"], label=options["label"])
 
 
 def _camus_option(piece: str) -> _Option | None:
@@ -278,11 +299,12 @@ def _camus_options(rest: str) -> dict[str, Any]:
     return {"path": path, "split": "all", "view": "both", "size": 128, **options}
 
 
-def _load_camus(rest: str) -> list[PairSample]:
+def _load_camus(rest: str, root: Path | None) -> list[PairSample]:
     from models.data.camus import load_camus
 
     options = _camus_options(rest)
-    return load_camus(options["path"], split=options["split"], view=options["view"], size=options["size"])
+    path = _inside("camus", options["path"], root)
+    return load_camus(path, split=options["split"], view=options["view"], size=options["size"])
 
 
 def _manifest_option(piece: str) -> _Option | None:
@@ -297,11 +319,11 @@ def _manifest_options(rest: str) -> dict[str, Any]:
     return {"path": path, "crop": None, **options}
 
 
-def _load_manifest(rest: str) -> list[PairSample]:
+def _load_manifest(rest: str, root: Path | None) -> list[PairSample]:
     from models.data.manifest import load_manifest
 
     options = _manifest_options(rest)
-    return load_manifest(options["path"], crop=options["crop"])
+    return load_manifest(options["path"], crop=options["crop"], root=root)
 
 
 # ---------------------------------------------------------------------------------------------------

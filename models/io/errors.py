@@ -18,9 +18,10 @@ HTTP status choices:
 - **415** Unsupported Media Type: :class:`UnsupportedFormatError` and :class:`NotAnImageError` (a PDF, a
   text file, a PNG, a DICOM report): the bytes are fine, the kind of file is not one we take.
 - **422** Unprocessable Content: a well-formed image that cannot be used as asked — a frame must be
-  chosen, NaN/Inf voxels, empty or constant image, vector/complex voxels, unusable dimensionality,
-  a mask that does not fit its image, a 2-D/3-D pair, an inconsistent DICOM series, a DICOM image object
-  without pixel data, several series where one is needed, or a ``series=`` that names none of them.
+  chosen, NaN/Inf voxels, values beyond the range of 32-bit floats, empty or constant image, vector/complex
+  voxels, unusable dimensionality, a mask that does not fit its image, a 2-D/3-D pair, an inconsistent
+  DICOM series, a DICOM image object without pixel data, several series where one is needed, or a
+  ``series=`` that names none of them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, ClassVar
 __all__ = [
     "SUPPORTED_FORMATS", "ImageError", "UnreadableImageError", "UnsupportedFormatError", "NotAnImageError",
     "DicomNoPixelDataError", "FrameRequiredError", "FrameOutOfRangeError", "NonFiniteValuesError",
-    "EmptyImageError", "MaskGeometryError", "NonIntegerMaskError", "DimensionMismatchError",
+    "ValuesOutOfRangeError", "EmptyImageError", "MaskGeometryError", "NonIntegerMaskError", "DimensionMismatchError",
     "UnsupportedDimensionsError", "ImageTooLargeError", "MultipleSeriesError", "UnknownSeriesError",
     "InconsistentSeriesError", "HostileArchiveError", "ArchiveTooLargeError", "EmptyArchiveError",
     "UnsafePathError", "VectorImageError",
@@ -121,6 +122,14 @@ class NonFiniteValuesError(ImageError):
     http_status = 422
     code = "non_finite_values"
     default_hint = "replace NaN/Inf voxels (e.g. by 0) before uploading"
+
+
+class ValuesOutOfRangeError(ImageError):
+    """Finite voxels too large for 32-bit floats, which registration computes in: the cast would make them Inf."""
+
+    http_status = 422
+    code = "values_out_of_range"
+    default_hint = "rescale the image into the range of 32-bit floats (about ±3.4e38) before uploading"
 
 
 class EmptyImageError(ImageError):

@@ -4,6 +4,10 @@ Registry errors (``service.registry.errors``) and image errors (``models.io.erro
 own ``http_status``, so no route needs a ``try``/``except``: they raise, and :func:`error_response`
 answers. The API's own refusals (a missing key, a body over the limit) are :class:`ApiError`, an
 ``HTTPException`` so that FastAPI re-raises it even from inside body parsing.
+
+Invalid requests (FastAPI's ``RequestValidationError``) get the same body with code
+``invalid_request`` and an ``errors`` list of ``loc``/``msg``/``type``, never the input itself:
+echoing it would send a 7 MB request back, and an ``inf`` in it cannot even be written as JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import re
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -19,7 +24,11 @@ from models.io.errors import ImageError
 from service.registry.errors import RegistryError
 from service.storage.atomic import TooLarge
 
-__all__ = ["ApiError", "Unauthorized", "Forbidden", "BodyTooLarge", "error_response", "install_error_handler"]
+__all__ = ["ApiError", "Unauthorized", "Forbidden", "BodyTooLarge", "error_response", "validation_error_response",
+           "install_error_handler"]
+
+MAX_FIELD_ERRORS = 20
+MAX_MESSAGE = 200
 
 
 class ApiError(HTTPException):
@@ -74,6 +83,34 @@ async def error_response(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
 
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def _field_errors(error: RequestValidationError) -> list[dict[str, object]]:
+    return [{"loc": [part if isinstance(part, int) else _short(str(part)) for part in item.get("loc", ())],
+             "msg": _short(str(item.get("msg", ""))), "type": _short(str(item.get("type", "")))}
+            for item in error.errors()[:MAX_FIELD_ERRORS]]
+
+
+async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
+    """422 naming each invalid field (``loc``, ``msg``, ``type``), without echoing what was sent."""
+    assert isinstance(error, RequestValidationError)
+    fields = _field_errors(error)
+    shown = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['msg']}" for f in fields[:3])  # type: ignore[arg-type]
+    more = f" (and {len(error.errors()) - 3} more)" if len(error.errors()) > 3 else ""
+    return JSONResponse({"detail": _short(f"invalid request: {shown}{more}"), "code": "invalid_request",
+                         "errors": fields}, status_code=422)
+
+
+async def internal_error_response(request: Request, error: Exception) -> JSONResponse:
+    """The last resort: a bug is answered in the API's one error shape, with nothing of the request in it."""
+    return JSONResponse({"detail": "internal error; the server logged it", "code": "internal_error"},
+                        status_code=500)
+
+
 def install_error_handler(app: FastAPI) -> None:
     for error_type in (HTTPException, RegistryError, ImageError, *_STATUS):
         app.add_exception_handler(error_type, error_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    app.add_exception_handler(Exception, internal_error_response)

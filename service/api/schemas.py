@@ -6,22 +6,32 @@ not depend on the web layer, and a table's columns are not a promise to clients.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["ErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
+__all__ = ["ErrorPublic", "FieldErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
            "ModelVersionPublic", "ModelPublic", "ModelDetailPublic", "ModelsPublic", "PromotionCreate",
            "StageAssignmentPublic", "OutputPublic", "RegistrationPublic", "RegistrationsPublic", "DatasetPublic",
            "DatasetsPublic", "TrainingHyperparameters", "TrainingJobCreate", "TrainingJobPublic", "TrainingJobsPublic"]
 
 
+class FieldErrorPublic(BaseModel):
+    """One invalid part of a request: where it is and what is wrong (never the value sent)."""
+
+    loc: list[str | int] = Field(description="where: e.g. ['body', 'hyperparameters', 'lr'] or ['query', 'limit']")
+    msg: str = Field(description="what is wrong with it")
+    type: str = Field(description="pydantic's error type, e.g. 'less_than_equal'")
+
+
 class ErrorPublic(BaseModel):
-    """Every error the API answers itself: a message naming the problem and a stable code."""
+    """Every error answer of the API, 4xx and 5xx: a message naming the problem and a stable code."""
 
     detail: str = Field(description="what is wrong and what to do")
     code: str = Field(description="stable snake_case name of the error, e.g. 'invalid_artifact'")
+    errors: list[FieldErrorPublic] | None = Field(None, description="for 'invalid_request': each invalid field")
 
 
 class LivenessPublic(BaseModel):
@@ -71,7 +81,10 @@ class ModelsPublic(BaseModel):
 
 
 class PromotionCreate(BaseModel):
-    stage: str = Field("production", description="label to point at the version (moved if another version held it)",
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field("production", max_length=32,
+                       description="label to point at the version (moved if another version held it)",
                        examples=["production", "staging"])
 
 
@@ -110,6 +123,8 @@ class RegistrationPublic(BaseModel):
     timings_s: dict[str, float] | None = Field(None, description="load_model, read_inputs, register, "
                                                                  "write_outputs, total")
     report: dict[str, Any] | None = Field(None, description="metrics: dice (with a fixed mask), folding_pct, ...")
+    expired_at: datetime | None = Field(None, description="when retention removed its inputs and outputs "
+                                                          "(ADACS_JOB_RETENTION_DAYS after it finished)")
     url: str = Field(description="this job's URL")
     outputs: dict[str, OutputPublic] = Field(
         default_factory=dict, description="by role: displacement, warped, warped_mask, report, preview")
@@ -155,7 +170,7 @@ class TrainingHyperparameters(BaseModel):
     ``warmup_epochs`` per warm-up phase, then ``epochs`` more.
     """
 
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(20, ge=0, le=100_000, description="epochs after the warm-up(s)")
     warmup_epochs: int = Field(20, ge=0, le=100_000, description="epochs of each warm-up phase")
@@ -165,33 +180,53 @@ class TrainingHyperparameters(BaseModel):
                                                                            "(default min(4, batch_size))")
     lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate of the displacement estimator")
     scoring_lr: float | None = Field(None, gt=0, le=1, description="of the scoring network (default: lr)")
-    lam: float = Field(0.01, ge=0, description="smoothness weight λ")
-    alpha: float = Field(0.02, ge=0, description="scoring regulariser weight α")
-    beta: float = Field(1.5, ge=0, description="TV momentum scale β")
-    kappa: float = Field(50.0, gt=0, description="momentum activation scale κ")
+    lam: float = Field(0.01, ge=0, le=1e6, description="smoothness weight λ")
+    alpha: float = Field(0.02, ge=0, le=1e6, description="scoring regulariser weight α")
+    beta: float = Field(1.5, ge=0, le=1e6, description="TV momentum scale β")
+    kappa: float = Field(50.0, gt=0, le=1e6, description="momentum activation scale κ")
     bidir: bool = Field(True, description="train both directions")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     beta_nll: float = Field(0.5, ge=0, le=1, description="β of the β-NLL baseline")
-    adareg_sigma: float = Field(1.0, gt=0, description="σ_r of the AdaReg baseline")
-    adaframe_a: float = Field(2.0, gt=0, description="slope a of the AdaFrame weight")
-    adaframe_b: float = Field(1.5, description="offset b of the AdaFrame weight")
+    adareg_sigma: float = Field(1.0, gt=0, le=1e6, description="σ_r of the AdaReg baseline")
+    adaframe_a: float = Field(2.0, gt=0, le=1e6, description="slope a of the AdaFrame weight")
+    adaframe_b: float = Field(1.5, ge=-1e6, le=1e6, description="offset b of the AdaFrame weight")
     auxiliary_lr: float | None = Field(None, gt=0, le=1, description="of the NLL variance network (default: lr)")
     crop: int | None = Field(128, ge=8, le=1024, description="side of the training crops (acdc, manifest) or "
                                                              "grid (camus); null keeps the data's grid")
 
 
-class TrainingJobCreate(BaseModel):
-    model_config = {"extra": "forbid", "protected_namespaces": ()}
+OptionValue = int | float | bool | str | list[int] | list[float]
+MAX_OPTIONS = 32
 
-    dataset_id: str
-    model_name: str = Field(description="registry name the trained estimator is registered under (a new version)")
-    architecture: str = Field("voxelmorph", description="displacement estimator")
-    architecture_options: dict[str, Any] = Field(
-        default_factory=dict, description="sizes of the architecture, e.g. {'embed_dim': 48} for transmorph "
-                                          "(see models/networks/*.py); unknown keys fail the job")
-    method: str = Field("adacs", description="adacs, or a baseline (none = vanilla)")
+
+class TrainingJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    dataset_id: str = Field(max_length=64, description="a ready dataset of this key (its id)")
+    model_name: str = Field(max_length=128, description="registry name the trained estimator is registered under "
+                                                        "(a new version of this key's model, or a new model)")
+    architecture: str = Field("voxelmorph", max_length=64, description="displacement estimator")
+    architecture_options: dict[str, OptionValue] = Field(
+        default_factory=dict, max_length=MAX_OPTIONS,
+        description="sizes of the architecture, e.g. {'embed_dim': 48} for transmorph (see models/networks/*.py); "
+                    "unknown keys fail the job")
+    method: str = Field("adacs", max_length=64, description="adacs, or a baseline (none = vanilla)")
     hyperparameters: TrainingHyperparameters = Field(default_factory=TrainingHyperparameters)
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects held out for validation Dice")
+
+    @field_validator("architecture_options")
+    @classmethod
+    def _small_and_finite(cls, options: dict[str, OptionValue]) -> dict[str, OptionValue]:
+        """Options end up in the job row's JSON: short keys, short lists, finite numbers only."""
+        for key, value in options.items():
+            if not 0 < len(key) <= 64 or not key.isidentifier():
+                raise ValueError("option names are Python identifiers of at most 64 characters")
+            items = value if isinstance(value, list) else [value]
+            if len(items) > 16 or (isinstance(value, str) and len(value) > 64):
+                raise ValueError(f"option {key!r}: at most 16 numbers, or a string of at most 64 characters")
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                raise ValueError(f"option {key!r}: numbers must be finite")
+        return options
 
 
 class TrainingJobPublic(BaseModel):
@@ -217,6 +252,7 @@ class TrainingJobPublic(BaseModel):
     finished_at: datetime | None = None
     model_version: str | None = Field(None, description="'name:version' registered on success")
     result: dict[str, Any] | None = Field(None, description="validation metrics, timings, device (once finished)")
+    expired_at: datetime | None = Field(None, description="when retention removed its checkpoints (its model stays)")
     url: str
     events_url: str = Field(description="server-sent events of this job's progress")
 

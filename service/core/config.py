@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_voxels: int = Field(512**3, gt=0, description="largest accepted image, in voxels")
     max_dataset_bytes: int = Field(8 * 1024 * MiB, gt=0, description="largest accepted dataset zip")
     default_model: str = Field("starter", description="model reference used when a request names none")
+    max_training_steps: int = Field(200_000, gt=0, description="most optimiser updates one training job may ask "
+                                                                "for ((2 x warmup_epochs + epochs) x steps_per_epoch)")
+    max_active_trainings_per_owner: int = Field(4, gt=0, description="unfinished training jobs one key may have")
 
     # Jobs (DESIGN "Jobs survive crashes"); short in tests.
     inference_queue: str = Field("inference", min_length=1, description="Celery queue of registrations")
@@ -54,7 +57,16 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(12 * 3600, gt=0, description="broker visibility timeout")
     registration_time_limit_s: int = Field(15 * 60, gt=0, description="hard limit of one registration")
     training_time_limit_s: int = Field(11 * 3600, gt=0, description="hard limit of one training job")
-    job_retention_days: int = Field(30, ge=0, description="finished jobs' scratch files are kept this long")
+    # A broker that lost its data (Redis restarted without persistence) must lose no job: the reaper
+    # sends a job again when it has sat queued this long since its last message (worker.reaper).
+    queued_resend_s: float = Field(600.0, gt=0, description="a job queued this long since its last message is "
+                                                            "sent again")
+    # Retention (service.retention), a Celery beat task like the reaper.
+    job_retention_days: int = Field(30, ge=0, description="days after it finished that a job's inputs and outputs "
+                                                         "are removed (the row stays, marked expired); 0: never")
+    orphan_grace_s: float = Field(24 * 3600.0, gt=0, description="folders with no row (an interrupted upload) "
+                                                                "untouched this long are removed")
+    retention_interval_s: float = Field(3600.0, gt=0, description="how often retention runs")
 
     db_busy_timeout_ms: int = Field(30_000, ge=0, description="SQLite: how long a writer waits for the lock")
 
@@ -81,10 +93,13 @@ class Settings(BaseSettings):
         return self.data_dir / "broker"
 
     def ensure_directories(self) -> None:
-        """Create the embedded mode's folders (kombu's filesystem transport needs them to exist)."""
+        """Create the embedded mode's folders, owner-only (kombu's filesystem transport needs them to exist)."""
+        from service.core.privacy import make_private_dir
+
         assert self.artifact_dir is not None  # set by _derive_locations
-        for path in (self.data_dir, self.artifact_dir, self.broker_dir / "queue", self.broker_dir / "control"):
-            path.mkdir(parents=True, exist_ok=True)
+        for path in (self.data_dir, self.artifact_dir, self.broker_dir, self.broker_dir / "queue",
+                     self.broker_dir / "control"):
+            make_private_dir(path)
 
     def broker_transport_options(self) -> dict[str, Any]:
         """Celery's ``broker_transport_options`` for ``broker_url``.

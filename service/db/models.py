@@ -94,7 +94,8 @@ class Job(Base):
     """
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),)
+    __table_args__ = (Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
+                      Index("ix_jobs_status_finished_at", "status", "finished_at"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     kind: Mapped[JobKind] = mapped_column(str_enum(JobKind, "job_kind"))
@@ -112,6 +113,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set by retention once the job's inputs and outputs are gone (migration 0003).
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Dataset(Base):
@@ -131,17 +134,23 @@ class Dataset(Base):
     # What the check found: spec, ndim, n_subjects, shapes, spacing, labelled pairs (migration 0002).
     info: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
     storage_key: Mapped[str] = mapped_column(String(255))
-    owner_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    owner_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Model(Base):
-    """A named model; its versions are immutable, its stages are movable labels."""
+    """A named model; its versions are immutable, its stages are movable labels.
+
+    ``owner_key_id`` NULL is the operator's shared catalogue (readable by every key); otherwise the
+    model is its owner's alone (DESIGN "Who may see what"). No ``ON DELETE``: keys are revoked, and a
+    deleted owner must not turn a private model into a shared one.
+    """
 
     __tablename__ = "models"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    owner_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     versions: Mapped[list[ModelVersion]] = relationship(
@@ -167,6 +176,7 @@ class ModelVersion(Base):
     storage_key: Mapped[str] = mapped_column(String(255))
     card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    owner_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))  # who made it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     model: Mapped[Model] = relationship(back_populates="versions")

@@ -11,14 +11,22 @@ Pure functions over a SQLAlchemy ``Session`` and an artifact store; no web frame
 
 from service.registry.artifact_check import ArtifactInfo, check_artifact_dir
 from service.registry.delete import delete_model, delete_version
-from service.registry.errors import Conflict, InvalidArtifact, InvalidReference, NotFound, RegistryError
+from service.registry.errors import Conflict, Forbidden, InvalidArtifact, InvalidReference, NotFound, RegistryError
 from service.registry.refs import LATEST, PRODUCTION, ModelRef, parse_ref
 from service.registry.stages import demote, promote, stages_of
-from service.registry.versions import get_model, get_version, list_models, list_versions, register_version, resolve
+from service.registry.versions import (
+    check_may_add_version,
+    get_model,
+    get_version,
+    list_models,
+    list_versions,
+    register_version,
+    resolve,
+)
 
 __all__ = [
-    "ArtifactInfo", "check_artifact_dir", "delete_model", "delete_version", "Conflict", "InvalidArtifact",
+    "ArtifactInfo", "check_artifact_dir", "delete_model", "delete_version", "Conflict", "Forbidden", "InvalidArtifact",
     "InvalidReference", "NotFound", "RegistryError", "LATEST", "PRODUCTION", "ModelRef", "parse_ref", "demote",
-    "promote", "stages_of", "get_model", "get_version", "list_models", "list_versions", "register_version",
-    "resolve",
+    "promote", "stages_of", "check_may_add_version", "get_model", "get_version", "list_models", "list_versions",
+    "register_version", "resolve",
 ]

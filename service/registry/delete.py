@@ -8,6 +8,8 @@ back delete leaves every file in place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
@@ -17,11 +19,11 @@ from service.registry.stages import stages_of
 from service.registry.versions import get_model, get_version
 from service.storage.base import ArtifactStore, ObjectNotFound
 
-__all__ = ["delete_version", "delete_model"]
+__all__ = ["delete_version", "delete_model", "version_objects", "after_commit", "delete_objects_after_commit"]
 
 
-def _objects(store: ArtifactStore, manifest_sha: str) -> set[str]:
-    """The manifest and every file it lists (what one version keeps alive)."""
+def version_objects(store: ArtifactStore, manifest_sha: str) -> set[str]:
+    """The manifest and every file it lists (what one version keeps alive; retention asks too)."""
     try:
         return {manifest_sha} | {sha for sha, _ in store.read_manifest(manifest_sha).values()}
     except ObjectNotFound:
@@ -31,25 +33,38 @@ def _objects(store: ArtifactStore, manifest_sha: str) -> set[str]:
 def _orphans(session: Session, store: ArtifactStore, leaving: list[ModelVersion]) -> set[str]:
     leaving_ids = {v.id for v in leaving}
     kept = session.scalars(select(ModelVersion.sha256).where(ModelVersion.id.not_in(sorted(leaving_ids))).distinct())
-    alive = set().union(*(_objects(store, sha) for sha in kept))
-    return set().union(*(_objects(store, v.sha256) for v in leaving)) - alive
+    alive = set().union(*(version_objects(store, sha) for sha in kept))
+    return set().union(*(version_objects(store, v.sha256) for v in leaving)) - alive
 
 
-def _delete_objects_after_commit(session: Session, store: ArtifactStore, shas: set[str]) -> None:
-    """Remove ``shas`` from the store once the session commits; forget them if it rolls back."""
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` once the session's transaction commits; forget it if it rolls back first.
+
+    Files go only after the rows that named them: a rolled back delete leaves every file in place,
+    and a reader never finds a row whose files are already gone.
+    """
     state = {"pending": True}
 
     def on_commit(_session: Session) -> None:
         if state["pending"]:
             state["pending"] = False
-            for sha in sorted(shas):
-                store.delete(sha)
+            action()
 
     def on_rollback(_session: Session) -> None:
         state["pending"] = False
 
     event.listen(session, "after_commit", on_commit, once=True)
     event.listen(session, "after_rollback", on_rollback, once=True)
+
+
+def delete_objects_after_commit(session: Session, store: ArtifactStore, shas: set[str]) -> None:
+    """Remove ``shas`` from the store once the session commits; forget them if it rolls back."""
+
+    def delete() -> None:
+        for sha in sorted(shas):
+            store.delete(sha)
+
+    after_commit(session, delete)
 
 
 def _refuse_labelled(session: Session, versions: list[ModelVersion], force: bool) -> None:
@@ -72,7 +87,7 @@ def delete_version(session: Session, store: ArtifactStore, name: str, version: i
     orphans = _orphans(session, store, [target])
     target.model.versions.remove(target)
     session.flush()
-    _delete_objects_after_commit(session, store, orphans)
+    delete_objects_after_commit(session, store, orphans)
     return orphans
 
 
@@ -84,5 +99,5 @@ def delete_model(session: Session, store: ArtifactStore, name: str, *, force: bo
     orphans = _orphans(session, store, versions)
     session.delete(model)
     session.flush()
-    _delete_objects_after_commit(session, store, orphans)
+    delete_objects_after_commit(session, store, orphans)
     return orphans

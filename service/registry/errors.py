@@ -3,7 +3,7 @@ answer the API gives for it, so routes need no table of their own (as ``models.i
 
 from __future__ import annotations
 
-__all__ = ["RegistryError", "NotFound", "Conflict", "InvalidArtifact", "InvalidReference"]
+__all__ = ["RegistryError", "NotFound", "Forbidden", "Conflict", "InvalidArtifact", "InvalidReference"]
 
 
 class RegistryError(Exception):
@@ -14,6 +14,12 @@ class NotFound(RegistryError, LookupError):
     """No such model, version or stage label."""
 
     http_status = 404
+
+
+class Forbidden(RegistryError):
+    """The caller may see the model but not change it (the shared catalogue needs ``admin``)."""
+
+    http_status = 403
 
 
 class Conflict(RegistryError):

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 from service.registry.errors import InvalidReference
 
-__all__ = ["PRODUCTION", "LATEST", "ModelRef", "parse_ref", "check_name", "check_stage"]
+__all__ = ["NAME_PATTERN", "STAGE_PATTERN", "PRODUCTION", "LATEST", "ModelRef", "parse_ref", "check_name",
+           "check_stage"]
 
 PRODUCTION = "production"
 LATEST = "latest"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+STAGE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+_NAME = re.compile(NAME_PATTERN)
+_STAGE = re.compile(STAGE_PATTERN)
 
 
 def check_name(name: str) -> str:

@@ -9,7 +9,8 @@ Layout under ``root``::
     tmp/                   files being written; a crash leaves litter here, never a half object
 
 An object appears only by a hard link (or rename) of a complete, fsynced temporary file, so a
-reader sees all of it or nothing, and an existing object is never overwritten.
+reader sees all of it or nothing, and an existing object is never overwritten. The store holds
+patient images: its folders are ``0700`` and its objects ``0400`` (``service.core.privacy``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from service.core.privacy import make_private_dir
 from service.storage.atomic import copy_hashing, fsync_dir
 from service.storage.base import ObjectNotFound, check_sha, manifest_bytes, parse_manifest
 
@@ -35,9 +37,9 @@ class LocalArtifactStore:
     """Content-addressed objects under ``root`` (created if missing); see the module docstring."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).resolve()
+        self.root = make_private_dir(Path(root).resolve())
         for sub in ("objects", "dirs", "jobs", "datasets", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.root / sub)
 
     # -- writing -------------------------------------------------------------------------------
     def put_stream(self, stream: BinaryIO, max_bytes: int | None = None) -> str:
@@ -83,7 +85,7 @@ class LocalArtifactStore:
         if target.exists():
             return  # same bytes already stored: nothing to do
         target.parent.mkdir(exist_ok=True)
-        os.chmod(tmp, 0o444)  # objects are immutable; make accidental writes fail loudly
+        os.chmod(tmp, 0o400)  # immutable (accidental writes fail loudly) and private (patient data)
         try:
             os.link(tmp, target)  # unlike rename, never replaces an object a reader may have open
         except FileExistsError:
@@ -181,6 +183,10 @@ class LocalArtifactStore:
     def remove_job_dir(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
+    def list_job_dirs(self) -> list[Path]:
+        """Every folder under ``jobs/`` (jobs' folders, model uploads' ``upload-*`` scratch), for retention."""
+        return _folders(self.root / "jobs")
+
     # -- datasets ------------------------------------------------------------------------------
     def dataset_dir(self, dataset_id: str, *, create: bool = True) -> Path:
         """The unpacked dataset's folder (created unless ``create`` is False)."""
@@ -193,3 +199,12 @@ class LocalArtifactStore:
 
     def remove_dataset_dir(self, dataset_id: str) -> None:
         shutil.rmtree(self.dataset_dir(dataset_id, create=False), ignore_errors=True)
+
+    def list_dataset_dirs(self) -> list[Path]:
+        """Every folder under ``datasets/``, for retention."""
+        return _folders(self.root / "datasets")
+
+
+def _folders(parent: Path) -> list[Path]:
+    """The folders directly in ``parent``, by name; links are left out (never followed, never removed)."""
+    return sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink())

@@ -1,4 +1,7 @@
-"""service/api/deps.py: API keys, off by default; when on, 401 names a missing, unknown or revoked key, 403 a scope."""
+"""service/api/auth.py: API keys, off by default; when on, 401 names a missing, unknown or revoked key, 403 a scope.
+
+Owners and the body-before-auth guarantees are in tests/api/test_security.py.
+"""
 
 import pytest
 
@@ -9,7 +12,7 @@ from service.cli_keys import create_api_key, list_api_keys, revoke_api_key
 def keys(db_session):
     with db_session() as session:
         keys = {scopes: create_api_key(session, f"key-{scopes}", scopes.split("+"))
-                for scopes in ("register", "train", "register+train")}
+                for scopes in ("register", "train", "register+train", "admin")}
         revoked = create_api_key(session, "old", ["train"])
         revoke_api_key(session, next(k.id for k in list_api_keys(session) if k.name == "old"))
     return keys | {"revoked": revoked}
@@ -55,9 +58,10 @@ def test_keys_on_a_revoked_key_gets_401(keyed, keys):
 def test_keys_on_a_key_without_the_scope_gets_403(keyed, keys):
     response = promote(keyed, **{"X-API-Key": keys["register"]})
     assert response.status_code == 403
-    assert response.json() == {"code": "missing_scope", "detail": "API key 'key-register' lacks the scope 'train' "
+    assert response.json() == {"code": "missing_scope", "detail": "API key 'key-register' lacks the scope 'admin' "
                                                                   "(it has ['register']); use a key created with "
-                                                                  "scope 'train'"}
+                                                                  "scope 'admin'"}
+    assert promote(keyed, **{"X-API-Key": keys["register+train"]}).status_code == 403  # the registry needs admin
 
 
 def test_keys_on_a_key_with_the_scope_gets_through(keyed, keys, artifact_dirs, zip_folder):
@@ -65,11 +69,13 @@ def test_keys_on_a_key_with_the_scope_gets_through(keyed, keys, artifact_dirs, z
         assert keyed.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
     upload = {"file": ("model.zip", zip_folder(artifact_dirs[0]), "application/zip")}
     response = keyed.post("/v1/models", data={"name": "keyed"}, files=upload, headers={"X-API-Key": keys["train"]})
+    assert response.status_code == 403  # changing the registry is the admin's
+    response = keyed.post("/v1/models", data={"name": "keyed"}, files=upload, headers={"X-API-Key": keys["admin"]})
     assert response.status_code == 201, response.text
-    response = promote(keyed, Authorization=f"Bearer {keys['register+train']}")
+    response = promote(keyed, Authorization=f"Bearer {keys['admin']}")
     assert response.status_code == 404 and "no model named 'nonexistent'" in response.json()["detail"]
     response = keyed.post("/v1/models/keyed/versions/1/promote", json={"stage": "production"},
-                          headers={"Authorization": f"Bearer {keys['train']}"})
+                          headers={"Authorization": f"Bearer {keys['admin']}"})
     assert response.status_code == 200 and response.json()["version"] == 1
 
 
@@ -80,13 +86,15 @@ def test_probes_need_no_key(keyed):
 @pytest.mark.parametrize(("method", "path", "kwargs"), [
     ("post", "/v1/datasets", {"files": {"file": ("d.zip", b"PK\x05\x06" + bytes(18))}}),
     ("delete", "/v1/datasets/00000000-0000-0000-0000-000000000000", {}),
-    ("post", "/v1/training-jobs", {"json": {"dataset_id": "x", "model_name": "m"}}),
+    ("post", "/v1/training-jobs", {"json": {"dataset_id": "00000000-0000-0000-0000-000000000000",
+                                            "model_name": "m"}}),
     ("post", "/v1/training-jobs/00000000-0000-0000-0000-000000000000/cancel", {}),
 ])
 def test_datasets_and_trainings_need_the_train_scope(keyed, keys, method, path, kwargs):
     assert getattr(keyed, method)(path, **kwargs).status_code == 401
     response = getattr(keyed, method)(path, headers={"X-API-Key": keys["register"]}, **kwargs)
     assert response.status_code == 403 and response.json()["code"] == "missing_scope"
-    response = getattr(keyed, method)(path, headers={"X-API-Key": keys["train"]}, **kwargs)
-    assert response.status_code not in (401, 403), response.text  # past authentication, into the route
+    for key in (keys["train"], keys["admin"]):  # admin may do everything
+        response = getattr(keyed, method)(path, headers={"X-API-Key": key}, **kwargs)
+        assert response.status_code not in (401, 403), response.text  # past authentication, into the route
     assert keyed.get("/v1/training-jobs", headers={"X-API-Key": keys["register"]}).status_code == 200

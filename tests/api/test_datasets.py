@@ -87,3 +87,60 @@ def test_oversized_upload_is_413(server) -> None:
 def test_unknown_dataset_is_404(server) -> None:
     response = server.client.get("/v1/datasets/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404 and response.json()["code"] == "not_found"
+
+
+# -- manifests stay inside their archive, and refusals never quote a file ---------------------------
+
+SECRET = "root:$6$TOPSECRET-hash-of-the-server:19000:0:99999:7:::"
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory) -> Path:
+    """Files the server can read but no upload holds: a valid image pair and a secret text file."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder = tmp_path_factory.mktemp("outside")
+    rng = np.random.default_rng(5)
+    for name in ("fixed", "moving"):
+        sitk.WriteImage(sitk.GetImageFromArray(rng.random((16, 16)).astype(np.float32)), str(folder / f"{name}.nii.gz"))
+    (folder / "shadow").write_text(SECRET + "\n", encoding="utf-8")
+    return folder
+
+
+def _climb(server, target: Path) -> str:
+    """``target`` as a ``..`` path from where an uploaded manifest lands (``datasets/<id>/files/``)."""
+    import os
+
+    return os.path.relpath(target, server.settings.artifact_dir / "datasets" / "some-id" / "files")
+
+
+@pytest.mark.parametrize("cells", [
+    lambda server, out: (out / "shadow", out / "moving.nii.gz"),  # absolute, at a secret
+    lambda server, out: (out / "fixed.nii.gz", out / "moving.nii.gz"),  # absolute, at images: would be "ready"
+    lambda server, out: (_climb(server, out / "fixed.nii.gz"), _climb(server, out / "moving.nii.gz")),
+    lambda server, out: (_climb(server, out / "shadow"), "~/moving.nii.gz"),
+], ids=["absolute_secret", "absolute_images", "dotdot_images", "dotdot_secret_and_home"])
+def test_a_manifest_pointing_outside_its_archive_is_refused(server, db_session, outside, cells) -> None:
+    fixed, moving = cells(server, outside)
+    before = _count(db_session)
+    payload = _zip({"manifest.csv": f"fixed,moving\n{fixed},{moving}\n".encode()})
+    response = server.client.post("/v1/datasets", files={"file": ("escape.zip", payload)})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "invalid_dataset"
+    assert "manifest.csv row 2: fixed: the path must be relative" in body["detail"]
+    assert "TOPSECRET" not in response.text and str(outside) not in response.text
+    assert str(server.settings.artifact_dir) not in response.text
+    assert _count(db_session) == before and _leftovers(server) == []
+
+
+def test_a_text_file_in_the_archive_is_refused_without_quoting_it(server, db_session, outside) -> None:
+    before = _count(db_session)
+    payload = _zip({"manifest.csv": b"fixed,moving\nnotes.nii.gz,moving.nii.gz\n", "notes.nii.gz": SECRET.encode(),
+                    "moving.nii.gz": (outside / "moving.nii.gz").read_bytes()})
+    response = server.client.post("/v1/datasets", files={"file": ("notes.zip", payload)})
+    assert response.status_code == 422, response.text
+    assert "manifest.csv row 2: fixed notes.nii.gz: is a text file, not an image" in response.json()["detail"]
+    assert "TOPSECRET" not in response.text and "root:" not in response.text
+    assert _count(db_session) == before and _leftovers(server) == []

@@ -39,5 +39,5 @@ def test_a_request_that_raises_leaves_no_write_behind(probe, db_session):
 
 
 def test_require_scope_knows_the_scopes():
-    with pytest.raises(ValueError, match=r"unknown scope 'admin'; known scopes: \['register', 'train'\]"):
-        require_scope("admin")
+    with pytest.raises(ValueError, match=r"unknown scope 'root'; known scopes: \['admin', 'register', 'train'\]"):
+        require_scope("root")

@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from sqlalchemy import select
 
 from service.cli_keys import create_api_key
-from service.db import Job, JobStatus
+from service.db import Job, JobStatus, ModelVersion
 from service.storage import LocalArtifactStore
 
 MiB = 1024 * 1024
@@ -275,6 +276,32 @@ def test_delete_removes_the_row_and_the_folder_and_refuses_a_running_job(server,
     assert not folder.exists() and server.client.get(f"/v1/registrations/{job_id}").status_code == 404
 
 
+def test_delete_removes_the_output_objects_no_other_job_or_model_shares(server, images, db_session):
+    store = LocalArtifactStore(server.settings.artifact_dir)
+    shared = store.put_bytes(b"a displacement both jobs computed")
+    with db_session() as session:  # a file of the registered model, byte for byte
+        version_file = sorted(store.read_manifest(session.scalar(select(ModelVersion.sha256))).values())[0][0]
+    jobs, own = [post(server, files_of(images)).json()["id"] for _ in range(2)], {}
+    for job_id in jobs:
+        own[job_id] = store.put_bytes(f"warped image of {job_id}".encode())
+        entries = {"displacement": shared, "warped": own[job_id], "report": version_file}
+        with db_session() as session:
+            job = session.get(Job, job_id)
+            job.status = JobStatus.SUCCEEDED
+            job.result = {"outputs": {role: {"file": f"{role}.bin", "sha256": sha, "key": store.key_of(sha),
+                                             "size_bytes": store.path_of(sha).stat().st_size}
+                                      for role, sha in entries.items()}}
+    first, second = jobs
+    assert server.client.delete(f"/v1/registrations/{first}").status_code == 204
+    assert not (server.settings.artifact_dir / "jobs" / first).exists() and not store.exists(own[first])
+    assert store.exists(shared) and store.exists(own[second]) and store.exists(version_file)
+    response = server.client.get(f"/v1/registrations/{second}/displacement")
+    assert response.status_code == 200 and response.content == b"a displacement both jobs computed"
+    assert server.client.delete(f"/v1/registrations/{second}").status_code == 204
+    assert not store.exists(shared) and not store.exists(own[second])
+    assert store.exists(version_file)  # the model version still uses it
+
+
 # -- API keys ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -300,9 +327,10 @@ def test_keys_on_registering_needs_the_register_scope(keyed, keys, images, db_se
     with db_session() as session:
         assert session.get(Job, job_id).owner_key_id is not None
     assert keyed.client.get(f"/v1/registrations/{job_id}").status_code == 401
-    assert keyed.client.get(f"/v1/registrations/{job_id}", headers={"X-API-Key": keys["train"]}).status_code == 200
+    # Another key sees nothing of it (tests/api/test_security.py has the whole owner matrix).
+    assert keyed.client.get(f"/v1/registrations/{job_id}", headers={"X-API-Key": keys["train"]}).status_code == 404
     response = keyed.client.delete(f"/v1/registrations/{job_id}", headers={"X-API-Key": keys["train"]})
-    assert response.status_code == 403
+    assert response.status_code == 403  # no register scope: refused before the owner is even looked at
     response = keyed.client.delete(f"/v1/registrations/{job_id}", headers={"X-API-Key": keys["register"]})
     assert response.status_code == 204
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -152,6 +153,13 @@ def test_serve_registers_trains_and_stops_its_worker_on_sigterm(model_zip, image
         assert wait_until(lambda: client.get(job["url"]).json()["status"] not in ("queued", "running"), 90, 0.2)
         job = client.get(job["url"]).json()
         assert job["status"] == "succeeded" and job["model_version"] == "embedded:1", f"{job}\n{tail(log)}"
+
+        # Patient data stays the service user's: the database, uploads, the worker's outputs and
+        # checkpoints, the broker's messages (issue 11).
+        loose = [f"{p} {stat.filemode(p.lstat().st_mode)}" for p in [data, *data.rglob("*")]
+                 if not p.is_symlink() and p.lstat().st_mode & 0o077]
+        assert loose == [], loose[:10]
+        assert any((data / "artifacts" / "jobs").rglob("*.nii.gz")) and (data / "adacs.db").is_file()
     finally:
         client.close()
         serve.send_signal(signal.SIGTERM)

@@ -68,3 +68,16 @@ def test_the_filesystem_broker_polls_its_folder_often(tmp_path):
     assert options["polling_interval"] == FILESYSTEM_POLLING_INTERVAL_S == 0.1
     assert options["data_folder_in"] == options["data_folder_out"] == str(tmp_path / "broker" / "queue")
     assert Path(options["control_folder"]).is_dir()
+
+
+def test_beat_runs_the_reaper_and_retention_on_their_own_intervals(tmp_path):
+    from worker.celery_app import REAP_TASK, RETENTION_TASK, TASK_MODULES
+
+    settings = Settings(data_dir=tmp_path, reaper_interval_s=7, retention_interval_s=600, inference_queue="maint")
+    schedule = celery_config(settings, WorkerSettings())["beat_schedule"]
+    assert schedule["reap-stale-jobs"] == {"task": REAP_TASK, "schedule": 7,
+                                           "options": {"queue": "maint", "expires": 7}}
+    assert schedule["retention"] == {"task": RETENTION_TASK, "schedule": 600,
+                                     "options": {"queue": "maint", "expires": 600}}
+    assert "worker.tasks.maintenance" in TASK_MODULES  # a worker knows the task by its name
+    assert Settings(data_dir=tmp_path).retention_interval_s == 3600

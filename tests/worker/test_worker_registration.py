@@ -89,6 +89,43 @@ def test_a_corrupt_input_fails_naming_the_file_and_writes_no_outputs(settings, r
     assert sorted(p.name for p in job_dir.iterdir()) == ["inputs"]  # no outputs, no staging left behind
 
 
+def beyond_float32(path, out):
+    """The image as float64 with one voxel finite there but Inf once cast to float32, on the same grid."""
+    image = sitk.ReadImage(str(path), sitk.sitkFloat64)
+    array = sitk.GetArrayFromImage(image)
+    array.flat[0] = 1e39
+    copy = sitk.GetImageFromArray(array)
+    copy.CopyInformation(image)
+    sitk.WriteImage(copy, str(out))
+    return out
+
+
+def off_grid(path, out):
+    """The mask with its spacing tripled: same voxels, another grid than its image's."""
+    image = sitk.ReadImage(str(path))
+    image.SetSpacing(tuple(3.0 * s for s in image.GetSpacing()))
+    sitk.WriteImage(image, str(out))
+    return out
+
+
+@pytest.mark.parametrize(("role", "make", "code"), [
+    ("fixed", beyond_float32, "values_out_of_range: inputs/fixed.nii.gz: has 1 voxels beyond ±3.403e+38"),
+    ("moving_mask", off_grid, "mask_geometry: inputs/moving_mask.nii.gz: the mask grid"),
+])
+def test_inputs_the_api_would_refuse_still_fail_typed_in_the_worker(settings, register_model, create_job, load_job,
+                                                                    image_pair, tmp_path, role, make, code):
+    """Defence in depth: a job row written past the API (or files changed since) fails with the API's error."""
+    register_model(settings)
+    files = dict(image_pair, **{role: make(image_pair[role], tmp_path / f"{role}.nii.gz")})
+    job_id = create_job(settings, files=files)
+    run_registration(job_id, settings=settings)
+
+    job = load_job(settings, job_id)
+    assert job.status == JobStatus.FAILED and job.error.startswith(code), job.error
+    assert job.result["error"]["http_status"] == 422 and "infinite" not in job.error  # once "infinite voxels"
+    assert "outputs" not in job.result
+
+
 def test_a_missing_job_is_no_error(settings):
     run_registration("00000000-0000-4000-8000-000000000000", settings=settings)
 

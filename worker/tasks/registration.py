@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from models.io.image import LABEL, SCALAR, Image
+from models.io.image import Image
 from models.outputs import REPORT, write_registration_outputs
 from service.core.config import Settings, get_settings
 from service.db import JobKind, session_scope
@@ -118,19 +118,16 @@ def _input_path(job_dir: Path, relative: str) -> Path:
 
 
 def read_inputs(job_dir: Path, params: RegistrationParams, max_voxels: int) -> dict[str, Image | None]:
-    """The four images by role (masks None when absent), checked as ``adacs register`` checks them."""
-    from models.io.readers import check_mask, check_pair, read_image
+    """The four images by role (masks None when absent), read and checked again.
 
-    images: dict[str, Image | None] = dict.fromkeys(ROLES)
-    for role, relative in params.inputs.items():
-        kind = LABEL if role.endswith("_mask") else SCALAR
-        images[role] = read_image(_input_path(job_dir, relative), kind=kind, series=params.series.get(role),
-                                  frame=params.frames.get(role), max_voxels=max_voxels)
-    check_pair(images["fixed"], images["moving"])
-    for mask, image in (("moving_mask", "moving"), ("fixed_mask", "fixed")):
-        if images[mask] is not None:
-            check_mask(images[mask], images[image])
-    return images
+    The API ran the same function (``models.io.readers.read_registration_inputs``) before the job
+    existed; running it here too is defence in depth (files changed on disk, a job row written by
+    something else), and what fails here ends the job ``failed`` with the same typed error.
+    """
+    from models.io.readers import read_registration_inputs
+
+    paths = {role: _input_path(job_dir, relative) for role, relative in params.inputs.items()}
+    return read_registration_inputs(paths, series=params.series, frames=params.frames, max_voxels=max_voxels)
 
 
 def _store_outputs(store: ArtifactStore, paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
@@ -212,7 +209,7 @@ def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactS
             "timings_s": spans | {"total": round(time.perf_counter() - start, 4)}}
 
 
-def run_registration(job_id: str, *, settings: Settings | None = None) -> None:
+def run_registration(job_id: str, *, settings: Settings | None = None, only_if_queued: bool = False) -> None:
     """Run registration job ``job_id`` to its end; a no-op when it is gone or finished.
 
     Raises only :data:`~worker.failures.TRANSIENT_ERRORS` (for Celery to retry); every other
@@ -220,11 +217,16 @@ def run_registration(job_id: str, *, settings: Settings | None = None) -> None:
     """
     settings = settings or get_settings()
     run_job(job_id, JobKind.REGISTRATION, settings,
-            lambda claim, engine, store, monitor: _register(claim, settings, engine, store, monitor))
+            lambda claim, engine, store, monitor: _register(claim, settings, engine, store, monitor),
+            only_if_queued=only_if_queued)
 
 
 @app.task(name=REGISTRATION_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,
           retry_jitter=True, max_retries=5)
-def run(job_id: str) -> None:
-    """Celery's wrapper of :func:`run_registration` (retried with backoff on transient errors only)."""
-    run_registration(job_id)
+def run(job_id: str, only_if_queued: bool = False) -> None:
+    """Celery's wrapper of :func:`run_registration` (retried with backoff on transient errors only).
+
+    ``only_if_queued`` marks a copy the reaper sent: it claims only a job still queued
+    (``worker.jobs.claim_job``). The API sends ``args=[job_id]`` alone.
+    """
+    run_registration(job_id, only_if_queued=only_if_queued)

@@ -54,8 +54,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from service.access import principal_for_owner
 from service.core.config import Settings, get_settings
-from service.db import Dataset, DatasetStatus, JobKind, ModelVersion, session_scope
+from service.db import Dataset, DatasetStatus, Job, JobKind, ModelVersion, session_scope
 from service.registry import register_version
 from service.storage import ArtifactStore
 from worker.celery_app import TRAINING_TASK, app
@@ -150,7 +151,7 @@ def _load_pairs(engine: Engine, store: ArtifactStore, params: TrainingParams) ->
         info, name = dict(dataset.info or {}), dataset.name
     folder = store.dataset_dir(params.dataset_id, create=False)
     spec = dataset_spec(info["layout"], folder / info["path"], size=params.hyperparameters.get("crop"))
-    pairs = load_pairs(spec)
+    pairs = load_pairs(spec, root=folder)  # an uploaded manifest reads nothing outside its dataset's folder
     shapes = sorted({p.shape for p in pairs})
     if len(shapes) > 1:
         raise ValueError(f"the dataset's pairs have {len(shapes)} different shapes ({shapes[:3]}...); set "
@@ -186,8 +187,10 @@ def _registered(engine: Engine, store: ArtifactStore, params: TrainingParams, jo
     """The job's model version: the one it already registered (a redelivery), or a new one."""
     with session_scope(engine) as session:
         version = session.scalars(select(ModelVersion).where(ModelVersion.source_job_id == job_id)).first()
-        if version is None:
-            version = register_version(session, store, params.model_name, artifact, source_job_id=job_id)
+        if version is None:  # as the job's owner: a new model is theirs; another key's or a shared one is refused
+            owner = principal_for_owner(session, session.scalar(select(Job.owner_key_id).where(Job.id == job_id)))
+            version = register_version(session, store, params.model_name, artifact, source_job_id=job_id,
+                                       owner=owner)
         return {"ref": version.ref, "name": version.model.name, "version": version.version, "sha256": version.sha256}
 
 
@@ -227,13 +230,17 @@ def _train(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonit
             "epochs_run": len(result.history), "wall_s": round(time.perf_counter() - start, 2)}
 
 
-def run_training(job_id: str, *, settings: Settings | None = None) -> None:
+def run_training(job_id: str, *, settings: Settings | None = None, only_if_queued: bool = False) -> None:
     """Run training job ``job_id`` to its end (or resume it); a no-op when it is gone or finished."""
-    run_job(job_id, JobKind.TRAINING, settings or get_settings(), _train)
+    run_job(job_id, JobKind.TRAINING, settings or get_settings(), _train, only_if_queued=only_if_queued)
 
 
 @app.task(name=TRAINING_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,
           retry_jitter=True, max_retries=5)
-def run(job_id: str) -> None:
-    """Celery's wrapper of :func:`run_training` (retried with backoff on transient errors only)."""
-    run_training(job_id)
+def run(job_id: str, only_if_queued: bool = False) -> None:
+    """Celery's wrapper of :func:`run_training` (retried with backoff on transient errors only).
+
+    ``only_if_queued`` marks a copy the reaper sent: it claims only a job still queued
+    (``worker.jobs.claim_job``). The API sends ``args=[job_id]`` alone.
+    """
+    run_training(job_id, only_if_queued=only_if_queued)

@@ -15,8 +15,8 @@ Rules, stated once (each in the module that applies it):
   refused (:mod:`.singleton`).
 - **Frames.** A 4-D+ image needs ``frame=`` unless it has one frame; only that frame is read where the
   format allows (:mod:`.header`, :mod:`.itk`, :mod:`.nifti`).
-- **Values.** Scalar images must be finite and not constant; label images whole numbers, float labels
-  cast to the smallest integer dtype (:mod:`.checks`).
+- **Values.** Scalar images must be finite, within float32's range and not constant; label images whole
+  numbers, float labels cast to the smallest integer dtype (:mod:`.checks`).
 - **Limits.** ``max_voxels`` (per frame) is checked from the header before any pixel is read (:mod:`.read`).
 
 The modules: :mod:`.read` (the entry points), :mod:`.resolve` and :mod:`.choose` (a file, folder or zip
@@ -24,7 +24,8 @@ to one :class:`~.source.Source`), :mod:`.detect` (format from content), :mod:`.n
 ITK is bypassed), :mod:`.dicom`, :mod:`.dicom_series` and :mod:`.dicom_geometry` (pydicom headers, series
 grouping and ordering), :mod:`.metaimage`, :mod:`.nrrd` and :mod:`.datafile` (header and data-file
 checks), :mod:`.itk` (SimpleITK reading), :mod:`.header` (header refusals), :mod:`.singleton`,
-:mod:`.checks` (values, masks, pairs); :mod:`.geometry` and :mod:`.source` hold what they share. Of the
+:mod:`.checks` (values, masks, pairs), :mod:`.inputs` (a registration's images, read and checked alike by
+the API and the worker); :mod:`.geometry` and :mod:`.source` hold what they share. Of the
 heavy libraries, importing this package loads SimpleITK and NumPy only: pydicom and nibabel are imported
 when a file needs them, and torch never (the API process validates uploads with it).
 """
@@ -35,9 +36,10 @@ from models.io.errors import SUPPORTED_FORMATS
 from models.io.readers.checks import check_mask, check_pair
 from models.io.readers.detect import detect_format
 from models.io.readers.header import DEFAULT_MAX_VOXELS, ImageHeader, check_header
+from models.io.readers.inputs import INPUT_ROLES, read_registration_inputs
 from models.io.readers.read import read_header, read_image
 
 __all__ = ["SUPPORTED", "DEFAULT_MAX_VOXELS", "ImageHeader", "read_image", "read_header", "check_header",
-           "check_mask", "check_pair", "detect_format"]
+           "check_mask", "check_pair", "detect_format", "INPUT_ROLES", "read_registration_inputs"]
 
 SUPPORTED = SUPPORTED_FORMATS

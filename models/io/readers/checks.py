@@ -2,10 +2,13 @@
 
 Registration needs finite values (a NaN spreads through every interpolation and loss) and contrast (a
 constant image has nothing to align: ``allow_constant`` lifts this), so scalar images are refused
-otherwise (:class:`NonFiniteValuesError`, :class:`EmptyImageError`). Label images must hold whole numbers
-(:class:`NonIntegerMaskError`); float labels, as some tools write them, are cast to the smallest integer
-dtype that holds them (unsigned when no label is negative). An all-zero mask is accepted: a structure
-may be absent. A mask must lie on its image's grid, and a fixed/moving pair must share dimensionality.
+otherwise (:class:`NonFiniteValuesError`, :class:`EmptyImageError`). It computes in float32, so float64
+voxels beyond float32's range are refused too (:class:`ValuesOutOfRangeError`): the cast would turn them
+into Inf, and the refusal would then blame infinite voxels the file does not have. Label images must
+hold whole numbers (:class:`NonIntegerMaskError`); float labels, as some tools write them, are cast to the
+smallest integer dtype that holds them (unsigned when no label is negative). An all-zero mask is accepted:
+a structure may be absent. A mask must lie on its image's grid, and a fixed/moving pair must share
+dimensionality.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from models.io.errors import (
     MaskGeometryError,
     NonFiniteValuesError,
     NonIntegerMaskError,
+    ValuesOutOfRangeError,
 )
 from models.io.image import Image
 from models.io.readers.geometry import fmt_size, fmt_vec
 
-__all__ = ["as_labels", "check_scalar", "check_pair", "check_mask"]
+__all__ = ["FLOAT32_MAX", "as_labels", "check_scalar", "check_float32_range", "check_pair", "check_mask"]
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _smallest_int(lo: float, hi: float) -> np.dtype:
@@ -59,15 +65,38 @@ def as_labels(array: np.ndarray, display: str) -> np.ndarray:
     return array.astype(_smallest_int(lo, hi))
 
 
+def check_float32_range(array: np.ndarray, display: str) -> None:
+    """Refuse finite voxels that float32, the type registration computes in, cannot hold.
+
+    Only floating types wider than float32 can hold them (int64's range fits in float32's); call this on
+    finite voxels, before any cast, so that the message says what the file holds.
+    """
+    if not np.issubdtype(array.dtype, np.floating) or array.dtype.itemsize <= 4 or not array.size:
+        return
+    beyond = np.abs(array) > FLOAT32_MAX
+    if beyond.any():
+        count = int(beyond.sum())
+        raise ValuesOutOfRangeError(f"has {count} voxels beyond ±{FLOAT32_MAX:.4g}, the range of 32-bit floats "
+                                    f"that registration computes in (first at index ({_first_index(beyond)}))",
+                                    path=display, count=count, limit=FLOAT32_MAX)
+
+
+def _check_finite(array: np.ndarray, display: str) -> None:
+    """Refuse NaN/±Inf voxels, counting each kind so the user knows what to replace."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        n_nan = int(np.isnan(array).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        raise NonFiniteValuesError(f"has {n_nan} NaN and {n_inf} infinite voxels (first at index "
+                                   f"({_first_index(~finite)}))", path=display, nan=n_nan, inf=n_inf)
+
+
 def check_scalar(array: np.ndarray, display: str, allow_constant: bool) -> None:
-    """Refuse NaN/±Inf voxels and, unless ``allow_constant``, an image without contrast."""
-    if np.issubdtype(array.dtype, np.floating):
-        finite = np.isfinite(array)
-        if not finite.all():
-            n_nan = int(np.isnan(array).sum())
-            n_inf = int((~finite).sum()) - n_nan
-            raise NonFiniteValuesError(f"has {n_nan} NaN and {n_inf} infinite voxels (first at index "
-                                       f"({_first_index(~finite)}))", path=display, nan=n_nan, inf=n_inf)
+    """Refuse NaN/±Inf voxels, voxels beyond float32's range and, unless ``allow_constant``, no contrast."""
+    _check_finite(array, display)
+    check_float32_range(array, display)
     if not allow_constant and array.size and array.min() == array.max():
         raise EmptyImageError(f"every voxel has the value {float(array.flat[0]):g}: there is no contrast to register",
                               path=display, hint="check that the right file or series was uploaded")

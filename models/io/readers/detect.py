@@ -137,9 +137,8 @@ def _by_name(head: bytes, path: Path, display: str) -> str:
     ext = _ext(path.name)
     if ext in (".dcm", ".dicom", ".ima", "") and not _looks_text(head) and _probe_dicom_without_preamble(path):
         return DICOM
-    if _looks_text(head):
-        first = head.decode("utf-8", "replace").strip().splitlines()[0][:40] if head.strip() else ""
-        raise NotAnImageError(f"is a text file, not an image (it starts with {first!r})", path=display)
+    if _looks_text(head):  # never quote it: a manifest could point at a server file, and the message is sent
+        raise NotAnImageError(f"is a text file, not an image ({path.stat().st_size} bytes)", path=display)
     if ext in _EXTENSIONS:
         fmt = NAMES[_EXTENSIONS[ext]]
         hint = ("upload the whole .nii.gz again" if ext == ".nii.gz" else None)

@@ -66,8 +66,8 @@ def check_metaimage(path: Path, display: str) -> None:
     dims = _dims(fields, display)
     etype = fields.get("elementtype", "").upper()
     if etype not in _META_TYPES:
-        raise UnreadableImageError(f"the MetaImage header has an unknown ElementType {etype or '(none)'!r}",
-                                   path=display)
+        raise UnreadableImageError("the MetaImage header has no ElementType or one that is not a MET_ pixel type "
+                                   "ITK reads", path=display)
     name = fields["elementdatafile"]
     compressed = fields.get("compresseddata", "false").lower() == "true"
     channels = int(fields.get("elementnumberofchannels", "1") or 1)

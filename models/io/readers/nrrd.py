@@ -38,7 +38,7 @@ def _parse(path: Path, display: str) -> tuple[dict[str, str], int, bool]:
     if not re.match(rb"NRRD000\d", lines[0]):
         raise UnreadableImageError("bad NRRD header: the first line is not a NRRD magic", path=display)
     fields, header_len, ended = {}, len(lines[0]) + 1, False
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], start=2):
         header_len += len(line) + 1
         text = line.decode("latin-1").rstrip("\r")
         if not text.strip():
@@ -48,8 +48,7 @@ def _parse(path: Path, display: str) -> tuple[dict[str, str], int, bool]:
             continue
         key, sep, value = text.partition(":")
         if not sep:
-            raise UnreadableImageError(f"bad NRRD header: the line {text[:60]!r} is not 'field: value'",
-                                       path=display)
+            raise UnreadableImageError(f"bad NRRD header: line {number} is not 'field: value'", path=display)
         fields[key.strip().lower()] = value.strip()
     return fields, header_len, ended
 
@@ -80,10 +79,11 @@ def check_nrrd(path: Path, display: str) -> None:
     sizes = _sizes(fields, display)
     ntype = " ".join(fields["type"].lower().split())
     if ntype not in _NRRD_BYTES and ntype != "block":
-        raise UnreadableImageError(f"bad NRRD header: unknown type {fields['type']!r}", path=display)
+        raise UnreadableImageError("bad NRRD header: the 'type' field names no known pixel type", path=display)
     encoding = fields["encoding"].lower()
     if encoding not in _ENCODINGS:
-        raise UnreadableImageError(f"bad NRRD header: unknown encoding {fields['encoding']!r}", path=display)
+        raise UnreadableImageError(f"bad NRRD header: the 'encoding' field is none of {', '.join(_ENCODINGS)}",
+                                   path=display)
     needed = math.prod(sizes) * _NRRD_BYTES.get(ntype, 0)
     skips = "byte skip" in fields or "byteskip" in fields or "line skip" in fields or "lineskip" in fields
     name = fields.get("data file", fields.get("datafile"))

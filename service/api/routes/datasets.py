@@ -6,31 +6,35 @@ every pair once with the same loader a training job will use, so a dataset that 
 refused now, with a 4xx naming the file, instead of failing a job later. A refused upload leaves no
 row and no files. The zip itself is not kept (its sha256 is): the unpacked folder is what jobs read.
 Reading the pairs happens in the request; for very large sets that takes a while (see README).
+A dataset belongs to the key that uploaded it: other keys get 404 (``admin`` keys see all).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
-from fastapi import Path as PathParam
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.data.detect import LAYOUTS, dataset_spec, detect_layout
 from models.io.archive import extract_zip, is_zip
-from service.api.deps import CurrentKey, SessionDep, SettingsDep, StoreDep, TrainKey
+from service.access import Principal, may_see, owned_by
+from service.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep, TrainPrincipal
 from service.api.errors import ApiError
-from service.api.routes import API_V1
-from service.api.schemas import DatasetPublic, DatasetsPublic, ErrorPublic
+from service.api.params import Limit, Offset, is_uuid, uuid_path
+from service.api.routes import API_V1, error_responses
+from service.api.schemas import DatasetPublic, DatasetsPublic
 from service.api.staging import all_or_nothing, save_upload
 from service.db import Dataset, DatasetLayout, DatasetStatus, Job, JobKind, JobStatus, new_id
 
 __all__ = ["router"]
 
-_ERRORS = {code: {"model": ErrorPublic} for code in (400, 401, 403, 404, 409, 413, 415, 422)}
+_ERRORS = error_responses(415)
 router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"], responses=_ERRORS)
-DatasetId = Annotated[str, PathParam(description="the dataset's id (a UUID)")]
+DatasetId = Annotated[str, uuid_path("dataset")]
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # a label for people: no control characters (nor NUL, which PostgreSQL refuses)
 MAX_MEMBERS = 200_000  # ACDC's 150 patients are ~1000 files; CAMUS' 500 about 10000
 SHOWN_SHAPES = 5
 
@@ -55,16 +59,26 @@ def _public(dataset: Dataset) -> DatasetPublic:
         url=f"{API_V1}/datasets/{dataset.id}")
 
 
-def _check_pairs(layout: str, root, spec_path) -> dict:
-    """Read every pair as a training job will; what was found, or ``InvalidDataset`` naming the problem."""
+def _private(message: str, root: Path) -> str:
+    """``message`` with the server's folder taken off every path in it (as given and with links resolved)."""
+    for folder in {str(root), str(root.resolve())}:
+        message = message.replace(folder + "/", "").replace(folder, ".")
+    return message
+
+
+def _check_pairs(layout: str, root: Path, spec_path: Path) -> dict:
+    """Read every pair as a training job will; what was found, or ``InvalidDataset`` naming the problem.
+
+    The read is confined to ``root``, the unpacked upload: a manifest's cells are the uploader's text,
+    and without confinement an absolute path or ``..`` would build a dataset out of any server file.
+    """
     from models.data.spec import load_pairs
 
     spec = dataset_spec(layout, spec_path)
     try:
-        pairs = load_pairs(spec)
+        pairs = load_pairs(spec, root=root)
     except (ValueError, FileNotFoundError, OSError) as error:  # ImageError is a ValueError
-        raise InvalidDataset(f"the {layout} dataset cannot be read: "
-                             f"{str(error).replace(str(root) + '/', '')}") from error
+        raise InvalidDataset(f"the {layout} dataset cannot be read: {_private(str(error), root)}") from error
     if not pairs:
         raise InvalidDataset(f"the {layout} dataset holds no usable pair (for acdc: no slice with myocardium in "
                              "both frames)")
@@ -77,11 +91,12 @@ def _check_pairs(layout: str, root, spec_path) -> dict:
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Upload a training set (zip) in a supported layout",
              responses={201: {"description": "checked and ready to train on"}})
 def upload_dataset(
-    session: SessionDep, store: StoreDep, settings: SettingsDep, key: TrainKey,
+    session: SessionDep, store: StoreDep, settings: SettingsDep, principal: TrainPrincipal,
     file: Annotated[UploadFile, File(description="zip of an ACDC or CAMUS release folder, or of a manifest CSV "
                                                  "(fixed,moving[,fixed_mask,moving_mask][,id][,subject]) with "
                                                  "its images")],
-    name: Annotated[str | None, Form(max_length=255, description="a label for people (default: the file name)")]
+    name: Annotated[str | None, Form(max_length=255, pattern=PRINTABLE,
+                                     description="a label for people (default: the file name)")]
     = None,
     layout: Annotated[str | None, Form(description=f"one of {', '.join(LAYOUTS)}; default: detected")] = None,
 ) -> DatasetPublic:
@@ -109,37 +124,40 @@ def upload_dataset(
         dataset = Dataset(id=dataset_id, name=name or file.filename or dataset_id,
                           layout=DatasetLayout(detected.layout), status=DatasetStatus.READY, sha256=sha,
                           size_bytes=size, n_pairs=info["n_pairs"], storage_key=f"datasets/{dataset_id}", info=info,
-                          owner_key_id=key.id if key is not None else None)
+                          owner_key_id=principal.key_id)
         session.add(dataset)
         session.commit()
     return _public(dataset)
 
 
 @router.get("", summary="List datasets, newest first")
-def list_datasets(session: SessionDep, _key: CurrentKey, offset: Annotated[int, Query(ge=0)] = 0,
-                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> DatasetsPublic:
-    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+def list_datasets(session: SessionDep, principal: CurrentPrincipal, offset: Offset = 0,
+                  limit: Limit = 100) -> DatasetsPublic:
+    mine = owned_by(principal, Dataset.owner_key_id)
+    rows = session.scalars(select(Dataset).where(mine).order_by(Dataset.created_at.desc(), Dataset.id.desc())
                            .offset(offset).limit(limit))
-    return DatasetsPublic(data=[_public(d) for d in rows], count=session.scalar(select(func.count(Dataset.id))) or 0)
+    count = session.scalar(select(func.count(Dataset.id)).where(mine)) or 0
+    return DatasetsPublic(data=[_public(d) for d in rows], count=count)
 
 
-def load_dataset(session: Session, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+def load_dataset(session: Session, dataset_id: str, principal: Principal) -> Dataset:
+    """The dataset, if ``principal`` may see it; 404 otherwise (another key's looks missing)."""
+    dataset = session.get(Dataset, dataset_id) if is_uuid(dataset_id) else None
+    if dataset is None or not may_see(principal, dataset.owner_key_id):
         raise DatasetNotFound(dataset_id)
     return dataset
 
 
 @router.get("/{dataset_id}", summary="One dataset: layout, pairs, subjects, shapes")
-def read_dataset(dataset_id: DatasetId, session: SessionDep, _key: CurrentKey) -> DatasetPublic:
-    return _public(load_dataset(session, dataset_id))
+def read_dataset(dataset_id: DatasetId, session: SessionDep, principal: CurrentPrincipal) -> DatasetPublic:
+    return _public(load_dataset(session, dataset_id, principal))
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a dataset and its files (refused while a training job uses it)")
 def delete_dataset(dataset_id: DatasetId, session: SessionDep, store: StoreDep,
-                   _key: TrainKey) -> Response:
-    dataset = load_dataset(session, dataset_id)
+                   principal: TrainPrincipal) -> Response:
+    dataset = load_dataset(session, dataset_id, principal)
     active = session.scalars(select(Job.id).where(Job.kind == JobKind.TRAINING,
                                                   Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))).all()
     users = [job_id for job_id in active

@@ -1,11 +1,13 @@
 """Registrations over HTTP: upload an image pair, follow the job, download its outputs.
 
 ``POST /v1/registrations`` keeps the contract of ``worker.tasks.registration`` (its docstring): the
-uploads go to ``store.job_dir(id)/inputs/<role><ext>``, each is checked from its header alone
-(``models.io.readers``, no torch), and only then is the ``queued`` row committed and
+uploads go to ``store.job_dir(id)/inputs/<role><ext>``, each is checked from its header and then read
+whole by the worker's own function (``models.io.readers.read_registration_inputs``, no torch), and only
+then is the ``queued`` row committed and
 ``adacs.registration.run`` sent by name with the job's id. A refused upload leaves no row and no
 files; an image error names the form field (``moving: ...``). Creating and deleting need the
-``register`` scope; reading needs a valid key when keys are on.
+``register`` scope; reading needs a valid key when keys are on. A key sees only its own
+registrations (an ``admin`` key sees all): another key's is a 404, exactly like a missing one.
 """
 
 from __future__ import annotations
@@ -17,31 +19,33 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
-from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.io.errors import DimensionMismatchError, ImageError
-from models.io.readers import check_header, read_header
-from service.api.deps import CurrentKey, RegisterKey, SessionDep, SettingsDep, StoreDep
+from models.io.readers import check_header, read_header, read_registration_inputs
+from service.access import Principal, may_see, owned_by
+from service.api.deps import CurrentPrincipal, RegisterPrincipal, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError
-from service.api.routes import API_V1
+from service.api.params import Limit, Offset, is_uuid, uuid_path
+from service.api.routes import API_V1, error_responses
 from service.api.schemas import ErrorPublic, OutputPublic, RegistrationPublic, RegistrationsPublic
 from service.api.staging import all_or_nothing, save_upload
 from service.core.config import Settings
 from service.db import Job, JobKind, JobStatus, new_id
 from service.registry import resolve
+from service.retention import remove_job_files
 from service.storage import ArtifactStore
 from service.storage.atomic import CHUNK
 from service.tasks import TaskSender
 
 __all__ = ["router", "DOWNLOADS"]
 
-_ERRORS = {code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 413, 415, 422)}
+_ERRORS = error_responses(410, 415)
 router = APIRouter(prefix=f"{API_V1}/registrations", tags=["registrations"], responses=_ERRORS)
 
-JobId = Annotated[str, PathParam(description="the registration's id (a UUID)")]
+JobId = Annotated[str, uuid_path("registration")]
 IMAGE_ROLES = ("fixed", "moving")
 MASK_ROLES = ("moving_mask", "fixed_mask")
 # URL segment -> (output role in job.result, media type, file name), as the worker names them.
@@ -55,6 +59,8 @@ DOWNLOADS = {
 _ROLE_SEGMENT = {role: segment for segment, (role, _, _) in DOWNLOADS.items()}
 _EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
 MAX_WAIT_S = 60.0
+SERIES_PATTERN = r"^[0-9.]*$"  # a DICOM UID (digits and dots), or its prefix
+MAX_FRAME = 100_000
 POLL_S = 0.1
 
 
@@ -78,25 +84,28 @@ def extension(filename: str | None) -> str:
     return suffixes[-1] if suffixes and _EXT.match(suffixes[-1]) else ""
 
 
-def _named(error: ImageError, field: str, stored: Path) -> ImageError:
-    """The same error with the server's path replaced by the form field, e.g. ``moving: ...``."""
-    where = str(stored)
-    path = error.path.replace(where, field) if error.path else field
-    rebuilt = type(error)(error.problem.replace(where, field), path=path, hint=error.hint, **error.details)
+def _named(error: ImageError, fields: dict[str, Path]) -> ImageError:
+    """The same error with every stored path replaced by its form field, e.g. ``moving: ...``.
+
+    The server's folders stay private and the user reads the names they sent. Longer paths go first,
+    so an upload stored without an extension (``inputs/moving``) cannot eat ``inputs/moving_mask``.
+    """
+    problem, path = error.problem, error.path
+    for field, stored in sorted(fields.items(), key=lambda item: -len(str(item[1]))):
+        problem = problem.replace(str(stored), field)
+        path = path.replace(str(stored), field) if path else path
+    rebuilt = type(error)(problem, path=path, hint=error.hint, **error.details)
     rebuilt.__cause__ = error
     return rebuilt
 
 
-def _check_inputs(inputs: dict[str, Path], series: dict[str, str | None], frames: dict[str, int | None],
-                  settings: Settings) -> None:
-    """Refuse from the headers what the worker would refuse (raises ``ImageError`` naming the field)."""
+def _check_headers(inputs: dict[str, Path], series: dict[str, str | None], frames: dict[str, int | None],
+                   settings: Settings) -> None:
+    """Refuse what the headers alone show (size, frames, 2-D/3-D), before any voxel of any upload is read."""
     dims: dict[str, int | None] = {}
     for role, path in inputs.items():
-        try:
-            header = read_header(path, series=series.get(role))
-            check_header(header, frame=frames.get(role), max_voxels=settings.max_voxels)
-        except ImageError as error:
-            raise _named(error, role, path) from error
+        header = read_header(path, series=series.get(role))
+        check_header(header, frame=frames.get(role), max_voxels=settings.max_voxels)
         dims[role] = header.image_ndim
     if dims["fixed"] != dims["moving"]:
         raise DimensionMismatchError(f"the fixed image is {dims['fixed']}-D but the moving image is "
@@ -107,9 +116,24 @@ def _check_inputs(inputs: dict[str, Path], series: dict[str, str | None], frames
                                          path=mask, hint="upload the mask that was drawn on this image")
 
 
-def _load(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.kind != JobKind.REGISTRATION:
+def _check_inputs(inputs: dict[str, Path], series: dict[str, str | None], frames: dict[str, int | None],
+                  settings: Settings) -> None:
+    """Refuse now everything the worker would refuse, so a bad upload never becomes a job.
+
+    The headers first (cheap: an oversize image is refused before any pixel is read), then every voxel
+    with the worker's own function (a cut ``.nii.gz``, NaN/Inf or out-of-range voxels, a constant image,
+    a mask off its image's grid or with fractional labels). Raises ``ImageError`` naming the form field.
+    """
+    try:
+        _check_headers(inputs, series, frames, settings)
+        read_registration_inputs(inputs, series=series, frames=frames, max_voxels=settings.max_voxels)
+    except ImageError as error:
+        raise _named(error, inputs) from error
+
+
+def _load(session: Session, job_id: str, principal: Principal) -> Job:
+    job = session.get(Job, job_id) if is_uuid(job_id) else None
+    if job is None or job.kind != JobKind.REGISTRATION or not may_see(principal, job.owner_key_id):
         raise JobNotFound(job_id)
     return job
 
@@ -129,7 +153,7 @@ def _public(job: Job, request: Request) -> RegistrationPublic:
         inputs=sorted((job.params.get("inputs") or {}), key=lambda r: (IMAGE_ROLES + MASK_ROLES).index(r)),
         progress=job.progress or {}, error=job.error, attempts=job.attempts, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, timings_s=result.get("timings_s"),
-        report=result.get("report"), url=base, outputs=outputs)
+        report=result.get("report"), expired_at=job.expired_at, url=base, outputs=outputs)
 
 
 def _wait(session: Session, job: Job, seconds: float) -> None:
@@ -148,7 +172,7 @@ def _wait(session: Session, job: Job, seconds: float) -> None:
                         503: {"model": ErrorPublic, "description": "the broker is unreachable"}})
 def create_registration(
     request: Request, response: Response, session: SessionDep, store: StoreDep, settings: SettingsDep,
-    key: RegisterKey,
+    principal: RegisterPrincipal,
     fixed: Annotated[UploadFile, File(description="fixed image: NIfTI, DICOM (file or series zip), MetaImage, "
                                                   "NRRD")],
     moving: Annotated[UploadFile, File(description="moving image, warped onto the fixed one")],
@@ -156,15 +180,17 @@ def create_registration(
     fixed_mask: Annotated[UploadFile | None, File(description="label map on the fixed image (Dice)")] = None,
     model: Annotated[str | None, Form(description="'name', 'name:3' or 'name@stage'; default: "
                                                   "ADACS_DEFAULT_MODEL")] = None,
-    fixed_series: Annotated[str | None, Form(description="DICOM SeriesInstanceUID (or prefix)")] = None,
-    moving_series: Annotated[str | None, Form(description="DICOM SeriesInstanceUID (or prefix)")] = None,
-    fixed_frame: Annotated[int | None, Form(ge=0, description="frame of a 4-D fixed image")] = None,
-    moving_frame: Annotated[int | None, Form(ge=0, description="frame of a 4-D moving image")] = None,
+    fixed_series: Annotated[str | None, Form(max_length=64, pattern=SERIES_PATTERN,
+                                             description="DICOM SeriesInstanceUID (or prefix)")] = None,
+    moving_series: Annotated[str | None, Form(max_length=64, pattern=SERIES_PATTERN,
+                                              description="DICOM SeriesInstanceUID (or prefix)")] = None,
+    fixed_frame: Annotated[int | None, Form(ge=0, le=MAX_FRAME, description="frame of a 4-D fixed image")] = None,
+    moving_frame: Annotated[int | None, Form(ge=0, le=MAX_FRAME, description="frame of a 4-D moving image")] = None,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the result "
                                                                   "(small 2-D jobs)")] = 0,
 ) -> RegistrationPublic:
     ref = model or settings.default_model
-    resolve(session, ref)  # an unknown model is a 404 now, not a failed job later
+    resolve(session, ref, viewer=principal)  # an unknown (or another key's) model is a 404 now, not a failed job
     uploads = {"fixed": fixed, "moving": moving, "moving_mask": moving_mask, "fixed_mask": fixed_mask}
     uploads = {role: upload for role, upload in uploads.items() if upload is not None}
     series = {"fixed": fixed_series or None, "moving": moving_series or None}
@@ -178,7 +204,7 @@ def create_registration(
             save_upload(upload, inputs[role], settings.max_upload_bytes)
         _check_inputs(inputs, series, frames, settings)
         job = Job(id=job_id, kind=JobKind.REGISTRATION, status=JobStatus.QUEUED,
-                  owner_key_id=key.id if key is not None else None,
+                  owner_key_id=principal.key_id,
                   params={"model": ref, "inputs": {r: f"inputs/{p.name}" for r, p in inputs.items()},
                           "fixed_series": series["fixed"], "moving_series": series["moving"],
                           "fixed_frame": frames["fixed"], "moving_frame": frames["moving"]})
@@ -205,10 +231,9 @@ def _send(session: Session, store: ArtifactStore, tasks: TaskSender, job: Job) -
 
 
 @router.get("", summary="List registrations, newest first")
-def list_registrations(request: Request, session: SessionDep, _key: CurrentKey,
-                       offset: Annotated[int, Query(ge=0)] = 0,
-                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> RegistrationsPublic:
-    where = Job.kind == JobKind.REGISTRATION
+def list_registrations(request: Request, session: SessionDep, principal: CurrentPrincipal, offset: Offset = 0,
+                       limit: Limit = 100) -> RegistrationsPublic:
+    where = (Job.kind == JobKind.REGISTRATION) & owned_by(principal, Job.owner_key_id)
     jobs = session.scalars(select(Job).where(where).order_by(Job.created_at.desc(), Job.id.desc())
                            .offset(offset).limit(limit))
     count = session.scalar(select(func.count(Job.id)).where(where)) or 0
@@ -216,19 +241,21 @@ def list_registrations(request: Request, session: SessionDep, _key: CurrentKey,
 
 
 @router.get("/{job_id}", summary="One registration: status, progress, error, timings and output links")
-def read_registration(job_id: JobId, request: Request, session: SessionDep, _key: CurrentKey) -> RegistrationPublic:
-    return _public(_load(session, job_id), request)
+def read_registration(job_id: JobId, request: Request, session: SessionDep,
+                      principal: CurrentPrincipal) -> RegistrationPublic:
+    return _public(_load(session, job_id, principal), request)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Delete a registration and its files (refused while it runs)")
-def delete_registration(job_id: JobId, session: SessionDep, store: StoreDep, _key: RegisterKey) -> Response:
-    job = _load(session, job_id)
+def delete_registration(job_id: JobId, session: SessionDep, store: StoreDep,
+                        principal: RegisterPrincipal) -> Response:
+    job = _load(session, job_id, principal)
     if job.status == JobStatus.RUNNING:
         raise ApiError(409, f"registration {job_id} is running; delete it once it has finished", "job_running")
+    remove_job_files(session, store, job)  # its folder, and the outputs no other job or model shares, on commit
     session.delete(job)
     session.commit()
-    store.remove_job_dir(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -238,9 +265,12 @@ def _chunks(store: ArtifactStore, sha: str) -> Iterator[bytes]:
             yield chunk
 
 
-def _output(session: Session, job_id: str, segment: str) -> dict[str, Any]:
+def _output(session: Session, job_id: str, segment: str, principal: Principal) -> dict[str, Any]:
     role, _, file = DOWNLOADS[segment]
-    job = _load(session, job_id)
+    job = _load(session, job_id, principal)
+    if job.expired_at is not None:
+        raise ApiError(410, f"registration {job_id} expired at {job.expired_at:%Y-%m-%d %H:%M} UTC: its files were "
+                            "removed after the retention period (ADACS_JOB_RETENTION_DAYS)", "expired")
     if not job.status.finished:
         raise ApiError(409, f"registration {job_id} is still {job.status.value}; {file} is there once it has "
                             "succeeded", "job_not_finished")
@@ -254,11 +284,17 @@ def _output(session: Session, job_id: str, segment: str) -> dict[str, Any]:
     return entry
 
 
+def _schema(media_type: str) -> dict[str, str]:
+    """report.json is a JSON object; every other output is a file (NIfTI, PNG) served as bytes."""
+    return {"type": "object"} if media_type == "application/json" else {"type": "string", "format": "binary"}
+
+
 def _download_route(segment: str):
     role, media_type, file = DOWNLOADS[segment]
 
-    def download(job_id: JobId, session: SessionDep, store: StoreDep, _key: CurrentKey) -> StreamingResponse:
-        entry = _output(session, job_id, segment)
+    def download(job_id: JobId, session: SessionDep, store: StoreDep,
+                 principal: CurrentPrincipal) -> StreamingResponse:
+        entry = _output(session, job_id, segment, principal)
         stream = _chunks(store, entry["sha256"])
         next_chunk = next(stream, b"")  # opens the object now: a missing one is an error answer, not a cut stream
         headers = {"Content-Disposition": f'attachment; filename="{file}"', "ETag": f'"{entry["sha256"]}"',
@@ -274,7 +310,7 @@ def _download_route(segment: str):
     download.__name__ = "download_" + segment.removesuffix(".png").replace("-", "_")  # the operation id
     router.add_api_route(f"/{{job_id}}/{segment}", download, methods=["GET"], response_class=StreamingResponse,
                          summary=f"Download {file}",
-                         responses={200: {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}},
+                         responses={200: {"content": {media_type: {"schema": _schema(media_type)}},
                                           "description": file}})
 
 

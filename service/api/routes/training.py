@@ -13,6 +13,12 @@ job has finished; a comment line keeps idle connections open.
 
 Cancelling is cooperative: ``POST .../cancel`` sets ``cancel_requested``; a queued job ends
 ``cancelled`` at once, a running one when its worker next looks (at every training step).
+
+A training job belongs to the key that queued it (other keys get 404; ``admin`` keys see all). It
+trains on one of its owner's datasets and registers its model as a new version of one of its
+owner's models (a new name becomes the owner's model); it never moves a stage label. Budgets are
+capped by settings: updates per job (``ADACS_MAX_TRAINING_STEPS``) and unfinished jobs per owner
+(``ADACS_MAX_ACTIVE_TRAININGS_PER_OWNER``, 429 past it).
 """
 
 from __future__ import annotations
@@ -22,28 +28,39 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
-from fastapi import Path as PathParam
+from fastapi import APIRouter, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.api.deps import CurrentKey, SessionDep, TrainKey
+from service.access import Principal, may_see, owned_by
+from service.api.deps import CurrentPrincipal, SessionDep, SettingsDep, TrainPrincipal
 from service.api.errors import ApiError
-from service.api.routes import API_V1
+from service.api.params import Limit, Offset, is_uuid, uuid_path
+from service.api.routes import API_V1, error_responses
 from service.api.routes.datasets import load_dataset
 from service.api.schemas import ErrorPublic, TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
 from service.catalog import ARCHITECTURE_NAMES, METHOD_NAMES
-from service.db import DatasetStatus, Job, JobKind, JobStatus, new_id, session_scope, utcnow
-from service.registry import InvalidReference
+from service.core.config import Settings
+from service.db import DatasetStatus, Job, JobKind, JobStatus, Model, new_id, session_scope, utcnow
+from service.registry import InvalidReference, check_may_add_version
 from service.registry.refs import check_name
 
 __all__ = ["router"]
 
-_ERRORS = {code: {"model": ErrorPublic} for code in (401, 403, 404, 409, 422)}
+_ERRORS = error_responses()
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 router = APIRouter(prefix=f"{API_V1}/training-jobs", tags=["training"], responses=_ERRORS)
-JobId = Annotated[str, PathParam(description="the training job's id (a UUID)")]
+JobId = Annotated[str, uuid_path("training job")]
+# One server-sent event, as OpenAPI before 3.2 describes a stream: each event's fields; ``data`` is
+# the job as ``GET /v1/training-jobs/{id}`` returns it. Comment lines (keep-alives) are not events.
+EVENT_SCHEMA = {
+    "type": "object", "required": ["event", "data"],
+    "properties": {"event": {"type": "string", "enum": ["progress", "end"]},
+                   "data": {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/TrainingJobPublic"}}},
+}
 EVENTS_POLL_S = 0.5
 KEEPALIVE_S = 15.0
 
@@ -54,9 +71,9 @@ class TrainingJobNotFound(ApiError):
                          "not_found")
 
 
-def _load(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.kind != JobKind.TRAINING:
+def _load(session: Session, job_id: str, principal: Principal) -> Job:
+    job = session.get(Job, job_id) if is_uuid(job_id) else None
+    if job is None or job.kind != JobKind.TRAINING or not may_see(principal, job.owner_key_id):
         raise TrainingJobNotFound(job_id)
     return job
 
@@ -72,38 +89,65 @@ def _public(job: Job) -> TrainingJobPublic:
         val_fraction=params.get("val_fraction", 0.0), progress=job.progress or {}, error=job.error,
         attempts=job.attempts, cancel_requested=job.cancel_requested, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at,
-        model_version=(result.get("model") or {}).get("ref"), result=result or None, url=base,
+        model_version=(result.get("model") or {}).get("ref"), result=result or None, expired_at=job.expired_at,
+        url=base,
         events_url=f"{base}/events")
 
 
-def _check(body: TrainingJobCreate, session: Session) -> None:
+def _check_budget(body: TrainingJobCreate, session: Session, settings: Settings, principal: Principal) -> None:
+    """The job's updates, and its owner's unfinished jobs, within the operator's caps."""
+    hp = body.hyperparameters
+    steps = (2 * hp.warmup_epochs + hp.epochs) * hp.steps_per_epoch  # at most two warm-up phases (AdaCS)
+    if steps > settings.max_training_steps:
+        raise ApiError(422, f"this job asks for up to {steps} optimiser updates ((2 × warmup_epochs + epochs) × "
+                            f"steps_per_epoch); this server allows {settings.max_training_steps} per job "
+                            "(ADACS_MAX_TRAINING_STEPS)", "budget_too_large")
+    owner = Job.owner_key_id.is_(None) if principal.key_id is None else Job.owner_key_id == principal.key_id
+    active = session.scalar(select(func.count(Job.id)).where(Job.kind == JobKind.TRAINING, Job.status.in_(ACTIVE),
+                                                             owner)) or 0
+    if active >= settings.max_active_trainings_per_owner:
+        raise ApiError(429, f"this key has {active} training jobs queued or running, the most this server allows "
+                            f"(ADACS_MAX_ACTIVE_TRAININGS_PER_OWNER); wait for one to finish or cancel one",
+                       "too_many_active_jobs")
+
+
+def _check_model_name(name: str, session: Session, principal: Principal) -> None:
+    """The model the job will add a version to is new, or the caller's (403/409 otherwise, now, not at the end)."""
+    try:
+        check_name(name)
+    except InvalidReference as error:
+        raise ApiError(422, str(error), "invalid_model_name") from error
+    model = session.scalars(select(Model).where(Model.name == name)).one_or_none()
+    if model is not None:
+        check_may_add_version(model, principal)
+
+
+def _check(body: TrainingJobCreate, session: Session, principal: Principal) -> None:
     if body.architecture not in ARCHITECTURE_NAMES:
         raise ApiError(422, f"unknown architecture {body.architecture!r}; known: {', '.join(ARCHITECTURE_NAMES)}",
                        "invalid_architecture")
     if body.method not in METHOD_NAMES:
         raise ApiError(422, f"unknown method {body.method!r}; known: {', '.join(METHOD_NAMES)}", "invalid_method")
-    try:
-        check_name(body.model_name)
-    except InvalidReference as error:
-        raise ApiError(422, str(error), "invalid_model_name") from error
+    _check_model_name(body.model_name, session, principal)
     hp = body.hyperparameters
     micro = hp.micro_batch_size or min(4, hp.batch_size)
     if hp.batch_size % micro:
         raise ApiError(422, f"batch_size {hp.batch_size} must be a multiple of micro_batch_size {micro}",
                        "invalid_hyperparameters")
-    dataset = load_dataset(session, body.dataset_id)
+    dataset = load_dataset(session, body.dataset_id, principal)
     if dataset.status != DatasetStatus.READY:
         raise ApiError(409, f"dataset {dataset.id} is {dataset.status.value}, not ready", "dataset_not_ready")
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, summary="Queue a training job on an uploaded dataset",
              responses={202: {"description": "queued; follow the Location header or its events_url"},
+                        429: {"model": ErrorPublic, "description": "the key has too many unfinished training jobs"},
                         503: {"model": ErrorPublic, "description": "the broker is unreachable"}})
 def create_training_job(body: TrainingJobCreate, request: Request, response: Response, session: SessionDep,
-                        key: TrainKey) -> TrainingJobPublic:
-    _check(body, session)
-    job = Job(id=new_id(), kind=JobKind.TRAINING, status=JobStatus.QUEUED,
-              owner_key_id=key.id if key is not None else None,
+                        settings: SettingsDep, principal: TrainPrincipal) -> TrainingJobPublic:
+    _check(body, session, principal)
+    _check_budget(body, session, settings, principal)
+    job = Job(id=new_id(), kind=JobKind.TRAINING, status=JobStatus.QUEUED, owner_key_id=principal.key_id,
               params={"dataset_id": body.dataset_id, "model_name": body.model_name,
                       "architecture": body.architecture, "architecture_options": body.architecture_options,
                       "method": body.method,
@@ -122,9 +166,9 @@ def create_training_job(body: TrainingJobCreate, request: Request, response: Res
 
 
 @router.get("", summary="List training jobs, newest first")
-def list_training_jobs(session: SessionDep, _key: CurrentKey, offset: Annotated[int, Query(ge=0)] = 0,
-                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> TrainingJobsPublic:
-    where = Job.kind == JobKind.TRAINING
+def list_training_jobs(session: SessionDep, principal: CurrentPrincipal, offset: Offset = 0,
+                       limit: Limit = 100) -> TrainingJobsPublic:
+    where = (Job.kind == JobKind.TRAINING) & owned_by(principal, Job.owner_key_id)
     jobs = session.scalars(select(Job).where(where).order_by(Job.created_at.desc(), Job.id.desc())
                            .offset(offset).limit(limit))
     count = session.scalar(select(func.count(Job.id)).where(where)) or 0
@@ -132,14 +176,14 @@ def list_training_jobs(session: SessionDep, _key: CurrentKey, offset: Annotated[
 
 
 @router.get("/{job_id}", summary="One training job: status, progress (phase, epoch, losses, m_t, val Dice, ETA)")
-def read_training_job(job_id: JobId, session: SessionDep, _key: CurrentKey) -> TrainingJobPublic:
-    return _public(_load(session, job_id))
+def read_training_job(job_id: JobId, session: SessionDep, principal: CurrentPrincipal) -> TrainingJobPublic:
+    return _public(_load(session, job_id, principal))
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
              summary="Ask a training job to stop (a queued one stops at once, a running one at its next step)")
-def cancel_training_job(job_id: JobId, session: SessionDep, _key: TrainKey) -> TrainingJobPublic:
-    job = _load(session, job_id)
+def cancel_training_job(job_id: JobId, session: SessionDep, principal: TrainPrincipal) -> TrainingJobPublic:
+    job = _load(session, job_id, principal)
     if job.status.finished:
         raise ApiError(409, f"training job {job_id} already {job.status.value}", "job_finished")
     # Conditional updates: the worker may claim or finish the job between our read and our write.
@@ -153,18 +197,19 @@ def cancel_training_job(job_id: JobId, session: SessionDep, _key: TrainKey) -> T
     return _public(job)
 
 
-def _snapshot(request: Request, job_id: str) -> TrainingJobPublic | None:
+def _snapshot(request: Request, job_id: str, principal: Principal) -> TrainingJobPublic | None:
     with session_scope(request.state.session_factory) as session:
-        job = session.get(Job, job_id)
-        return _public(job) if job is not None and job.kind == JobKind.TRAINING else None
+        job = session.get(Job, job_id) if is_uuid(job_id) else None
+        visible = job is not None and job.kind == JobKind.TRAINING and may_see(principal, job.owner_key_id)
+        return _public(job) if visible else None
 
 
 @router.get("/{job_id}/events", summary="Server-sent events of the job's progress until it finishes",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+            responses={200: {"content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
                              "description": "'progress' events with the job's JSON, then one 'end' event"}})
-async def training_job_events(job_id: JobId, request: Request, _key: CurrentKey) -> StreamingResponse:
-    first = await run_in_threadpool(_snapshot, request, job_id)
+async def training_job_events(job_id: JobId, request: Request, principal: CurrentPrincipal) -> StreamingResponse:
+    first = await run_in_threadpool(_snapshot, request, job_id, principal)
     if first is None:
         raise TrainingJobNotFound(job_id)
 
@@ -184,7 +229,7 @@ async def training_job_events(job_id: JobId, request: Request, _key: CurrentKey)
             await asyncio.sleep(EVENTS_POLL_S)
             if await request.is_disconnected():
                 return
-            current = await run_in_threadpool(_snapshot, request, job_id) or current
+            current = await run_in_threadpool(_snapshot, request, job_id, principal) or current
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
