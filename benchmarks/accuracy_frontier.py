@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -59,12 +58,18 @@ class Row:
 
 
 VANILLA = {"method": "none", "lr": 1e-3, "warmup_epochs": 20, "epochs": 20, "steps_per_epoch": 25}
+LABELS_MYO = {"supervision": "labels", "labels": (MYOCARDIUM,), "label_weight": 0.3}
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("identity", "identity", "identity (no registration)"),
     Row("demons", "classical", "SimpleITK diffeomorphic demons"),
     Row("ants-syn", "classical", "ANTs SyN (SyNCC)"),
     Row("vanilla", "learned", "VoxelMorph, vanilla (Eq. 1)", VANILLA),
     Row("adacs", "learned", "VoxelMorph, AdaCS", VANILLA | {"method": "adacs", "scoring_lr": 1e-4}),
+    Row("labels-myo", "learned", "VoxelMorph, vanilla + myocardium label term (w 0.3)",
+        VANILLA | LABELS_MYO),
+    Row("labels-all", "learned", "VoxelMorph, vanilla + label term on RV, MYO, LV (w 0.3)",
+        VANILLA | {"supervision": "labels", "label_weight": 0.3}),
+    Row("pyramid", "learned", "pyramid (3 levels), vanilla", VANILLA, arch="pyramid"),
     Row("starter-v1", "artifact", "starter v1 (AdaCS, 1500 updates at lr 1e-4)", artifact=STARTER),
 )}
 
@@ -122,11 +127,14 @@ def learned_fields(model_dir: Path, pairs: Sequence[PairSample], refine_steps: i
     return fields, 1000 * seconds / len(pairs)
 
 
-def refine_fields(model, moving: torch.Tensor, fixed: torch.Tensor, steps: int) -> torch.Tensor:
-    """The network's fields refined for ``steps`` steps per pair (``models.refine``)."""
-    from models.refine import RefineConfig, refine_batch
+def refine_fields(model, moving: torch.Tensor, fixed: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """The network's fields refined for ``steps`` steps, one pair per call as a registration does
+    (``models.refine``, the model card's settings otherwise)."""
+    from models.refine import estimate_and_refine, refine_config
 
-    return refine_batch(model, moving, fixed, RefineConfig(steps=steps)).disp
+    config = refine_config(model.card, steps=steps)
+    return [estimate_and_refine(model.estimator, moving[i:i + 1], fixed[i:i + 1], config).disp[0].cpu()
+            for i in range(moving.shape[0])]
 
 
 def train_row(row: Row, seed: int, train_pairs, val_pairs, run_dir: Path) -> dict:
@@ -225,6 +233,31 @@ def render(results: dict[str, list[dict]], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finished(work: Path) -> dict[str, list[dict]]:
+    """Every evaluated (row, seed) under ``work``, in the order of ``ROWS``: the table shows them all."""
+    results = {}
+    for name in ROWS:
+        records = [json.loads(p.read_text()) for p in sorted((work / name).glob("seed*/eval.json"))]
+        if records:
+            results[name] = records
+    return results
+
+
+def reproduce_command(results: dict[str, list[dict]], acdc: str) -> str:
+    """The one command that rebuilds every row shown (finished rows are skipped, so it is also how to resume)."""
+    seeds = sorted({r["seed"] for name, records in results.items() if ROWS[name].kind == "learned" for r in records})
+    return (f"python benchmarks/accuracy_frontier.py --acdc {acdc} --rows {','.join(results)}"
+            + (f" --seeds {','.join(map(str, seeds))}" if seeds else ""))
+
+
+def write_table(work: Path, out: Path, acdc: str) -> None:
+    results = finished(work)
+    if results:
+        command = reproduce_command(results, acdc)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(results, command), encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--acdc", type=Path, required=True, help="the ACDC HDF5 folder (SOURCE.md layout)")
@@ -242,27 +275,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown rows {unknown}; known: {', '.join(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    command = "python benchmarks/accuracy_frontier.py " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    acdc = "../shared/data/acdc" if args.acdc.resolve() == (ROOT.parent / "shared" / "data" / "acdc").resolve() \
+        else str(args.acdc)
     spec = f"acdc-h5:{args.acdc}"
     train_pairs = val_pairs = None
     if not args.tables_only:
         train_pairs, val_pairs = load_pairs(f"{spec}:train"), load_pairs(f"{spec}:val")
-    results: dict[str, list[dict]] = {}
-    for name in names:
-        row_seeds = seeds if ROWS[name].kind == "learned" else [0]
-        records = []
-        for seed in row_seeds:
-            cached = args.work / name / f"seed{seed}" / "eval.json"
-            if args.tables_only:
-                if cached.is_file():
-                    records.append(json.loads(cached.read_text()))
-                continue
-            records.append(run_row(ROWS[name], seed, train_pairs, val_pairs, args.work))
-            print(f"{name} seed {seed}: DSC {np.mean(_seed_mean(records[-1:], 'dsc')):.2f}", flush=True)
-        if records:
-            results[name] = records
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(render(results, command), encoding="utf-8")
+    for name in ([] if args.tables_only else names):
+        for seed in seeds if ROWS[name].kind == "learned" else [0]:
+            record = run_row(ROWS[name], seed, train_pairs, val_pairs, args.work)
+            print(f"{name} seed {seed}: DSC {np.nanmean([p['dsc'] for p in record['pairs']]):.2f}", flush=True)
+            write_table(args.work, args.out, acdc)
+    write_table(args.work, args.out, acdc)
     print(args.out.read_text(encoding="utf-8") if args.out.is_file() else "nothing rendered")
     return 0
 

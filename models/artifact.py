@@ -4,7 +4,13 @@ A directory with
 - ``config.json``: format version, the estimator's architecture config, the intensity
   normalisation and the grid the model was trained on;
 - ``model.safetensors``: the displacement estimator's weights, and nothing else;
-- ``card.json``: architecture, method, hyperparameters, data, validation metrics, intended use.
+- ``card.json``: architecture, method, hyperparameters, data, validation metrics, intended use;
+  optionally ``inference``, how the model registers when its user does not say: test-time
+  refinement (``models.refine``) with ``refine_steps`` (int, default 0: the network's answer),
+  ``refine_time_limit_s`` (default 30), and rarely ``refine_lr``, ``refine_similarity``
+  (``"mse"``/``"ncc"``), ``refine_ncc_window``; the smoothness weight is the card's training
+  ``hyperparameters.lam``. ``adacs register``, ``adacs evaluate`` and the worker read it alike;
+  an unknown ``refine_*`` key or a bad value is an error, never silently ignored.
 
 Loading builds the displacement estimator alone: the scoring network is a training-time device and
 never appears on the inference path (SPEC, Algorithm 1).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -10,10 +10,10 @@ import torch
 
 from models.data.pairs import PairSample
 from models.intensity import IntensityConfig, normalize_intensity
-from models.networks.estimator import DisplacementEstimator
+from models.networks.estimator import Deformation, DisplacementEstimator
 from models.warp import warp
 
-__all__ = ["eval_mode", "stack_pairs", "predict_disp", "warp_labels"]
+__all__ = ["eval_mode", "stack_pairs", "predict_disp", "predict_deformation", "warp_labels"]
 
 
 def stack_pairs(pairs: Sequence[PairSample], intensity: IntensityConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +54,23 @@ def predict_disp(estimator: DisplacementEstimator, moving: torch.Tensor, fixed: 
             f = fixed[start:start + batch_size].to(device)
             out.append(estimator(m, f).disp.cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def predict_deformation(estimator: DisplacementEstimator, moving: torch.Tensor, fixed: torch.Tensor,
+                        batch_size: int = 16,
+                        progress: Callable[[Iterable, int], Iterable] | None = None) -> Deformation:
+    """``(N, 1, *spatial)`` pairs on the estimator's device -> every field of :class:`Deformation`, there.
+
+    What test-time refinement starts from: the velocity as well as the displacement. ``progress``
+    may wrap the loop over batches (the CLI's progress bar).
+    """
+    starts: Iterable = range(0, moving.shape[0], batch_size)
+    if progress is not None:
+        starts = progress(starts, len(starts))
+    with eval_mode(estimator):
+        outs = [estimator(moving[start:start + batch_size], fixed[start:start + batch_size]) for start in starts]
+    return Deformation(*(torch.cat([getattr(out, name) for out in outs]) for name in ("vel", "disp", "disp_inv")))
 
 
 def warp_labels(labels: np.ndarray, disp: torch.Tensor) -> np.ndarray:

@@ -20,6 +20,8 @@ __all__ = [
     "mean_squared_gradient",
     "smoothness",
     "displacement_data_term",
+    "one_hot_labels",
+    "soft_dice_loss",
     "ScoringLoss",
     "scoring_loss",
     "scoring_activation",
@@ -65,6 +67,38 @@ def displacement_data_term(residual: torch.Tensor, bg: torch.Tensor,
     """
     weight = bg if score is None else bg * score.detach()
     return (weight * residual).mean()
+
+
+def one_hot_labels(mask: torch.Tensor, labels: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An integer label map ``(B, 1, *spatial)`` as one channel per label in ``labels``: ``(B, L, *spatial)``.
+
+    Channels rather than label values, so that a linear warp blends memberships (0.5 of the
+    myocardium) instead of label numbers (1.5 is neither label 1 nor 2), and has a gradient.
+    """
+    return torch.cat([(mask == label) for label in labels], dim=1).to(dtype)
+
+
+def soft_dice_loss(warped: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``1 − soft Dice``, per sample and label channel, averaged over the (sample, label) couples present.
+
+    ``warped`` and ``target`` are ``(B, L, *spatial)`` memberships in [0, 1] (a warped one-hot mask and
+    the fixed one-hot mask). Per couple, ``Dice = 2·Σ p·q / (Σ p + Σ q)`` over the grid. A label absent
+    from both masks of a sample has no overlap to score: it is left out of the mean (it would count as
+    a perfect 1 and dilute the others), and with no couple present the loss is 0 (with a graph).
+
+    Known answers (binary masks): identical masks give 0, disjoint ones 1, and ``p = [1, 1, 0, 0]``
+    against ``q = [0, 1, 1, 0]`` gives ``1 − 2·1/(2 + 2) = 0.5``.
+
+    >>> p, q = torch.tensor([1., 1., 0., 0.]), torch.tensor([0., 1., 1., 0.])
+    >>> float(soft_dice_loss(p.view(1, 1, 2, 2), q.view(1, 1, 2, 2)))
+    0.5
+    """
+    axes = tuple(range(2, warped.dim()))
+    overlap = (warped * target).sum(dim=axes)
+    total = warped.sum(dim=axes) + target.sum(dim=axes)
+    loss = 1.0 - 2.0 * overlap / total.clamp_min(eps)
+    present = (total > eps).to(loss.dtype)
+    return (loss * present).sum() / present.sum().clamp_min(1.0)
 
 
 @dataclass

@@ -14,44 +14,68 @@ their names:
 - ``scoring``: which terms of Eq. 9 train the AdaCS scoring network (None: no scoring network);
 - ``auxiliary``: a network trained jointly with ``f_θ`` whose maps the data term reads (NLL's
   variance U-Net; None: none).
-A new baseline or an extra term is one more ``Method`` entry, not a branch in the loop.
+A new baseline is one more ``Method`` entry, not a branch in the loop.
+
+*Extra terms* (:class:`ExtraTerm`) are parts of the displacement objective that any method takes on
+top of its own, chosen by the run's supervision (``SUPERVISION_TERMS``), never by the method:
+label-assisted training adds ``label_weight`` times a soft Dice between the target's mask and the
+source's mask warped by the direction's field (:func:`label_dice`). Training masks enter only here:
+inference needs images only. For AdaCS the label term trains ``f_θ`` alone. It is not weighted by
+``sg[S]`` and it is not part of the scoring objective (Eq. 9): the scores say where the *image*
+residual is a trustworthy correspondence signal, and the masks are an annotation of the anatomy,
+not a residual to be trusted or not; a score that also discounted label disagreement would learn to
+hide exactly the misregistrations the masks point at. Nor does it enter ``μ_t`` (Eq. 5), whose scale
+``κ`` was tuned on the image term alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 from torch import nn
 
 from models.baselines import adaframe_data_term, adareg_smoothness, beta_nll_data_term, nll_data_term
+from models.defaults import TRAIN_DEFAULTS
 from models.losses import (
     ScoringLoss,
     background_mask,
     displacement_data_term,
+    one_hot_labels,
     scoring_loss,
     smoothness,
+    soft_dice_loss,
     squared_residual,
 )
-from models.networks.estimator import Deformation
+from models.networks.estimator import Deformation, EstimatorConfig
 from models.networks.variance import VarianceNet
 from models.warp import warp
 
 __all__ = ["Direction", "directions", "BaselineConstants", "DisplacementLoss", "displacement_loss",
            "ScoringTerms", "EQ9", "EQ3", "EQ3_4", "scoring_objective", "score_maps", "log_var_maps",
            "weighted_data", "nll_data", "beta_nll_data", "adaframe_data", "uniform_smoothness",
-           "adareg_regulariser", "Auxiliary", "VARIANCE", "Method", "METHODS"]
+           "adareg_regulariser", "smoothness_downsize", "ExtraTerm", "label_dice", "label_term",
+           "SUPERVISION_TERMS", "Auxiliary", "VARIANCE", "Method", "METHODS"]
 
 
 @dataclass
 class Direction:
-    """One direction of a pair: ``warped = source∘φ`` compared with ``target`` where ``bg`` is 1."""
+    """One direction of a pair: ``warped = source∘φ`` compared with ``target`` where ``bg`` is 1.
+
+    ``disp`` is the displacement ``φ − id`` that made ``warped``; ``source_mask`` and ``target_mask``
+    are the pair's integer label maps ``(B, 1, *spatial)`` in this direction's roles, present only
+    in label-assisted training (the only terms that read them are extra terms such as the label term).
+    """
 
     target: torch.Tensor
     warped: torch.Tensor
     bg: torch.Tensor
+    disp: torch.Tensor | None = None
+    source_mask: torch.Tensor | None = None
+    target_mask: torch.Tensor | None = None
 
     @cached_property
     def residual(self) -> torch.Tensor:
@@ -59,13 +83,20 @@ class Direction:
         return squared_residual(self.warped, self.target)
 
 
-def directions(moving: torch.Tensor, fixed: torch.Tensor, deformation: Deformation,
-               bidir: bool) -> list[Direction]:
-    """Forward direction (``moving -> fixed``), then backward (``fixed -> moving``) when ``bidir``."""
+def directions(moving: torch.Tensor, fixed: torch.Tensor, deformation: Deformation, bidir: bool,
+               masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Direction]:
+    """Forward direction (``moving -> fixed``), then backward (``fixed -> moving``) when ``bidir``.
+
+    ``masks``: the pair's ``(moving_mask, fixed_mask)`` label maps, for label-assisted training;
+    the backward direction swaps their roles as it swaps the images'.
+    """
     bg = background_mask(moving, fixed)
-    out = [Direction(target=fixed, warped=warp(moving, deformation.disp), bg=bg)]
+    moving_mask, fixed_mask = masks if masks is not None else (None, None)
+    out = [Direction(target=fixed, warped=warp(moving, deformation.disp), bg=bg, disp=deformation.disp,
+                     source_mask=moving_mask, target_mask=fixed_mask)]
     if bidir:
-        out.append(Direction(target=moving, warped=warp(fixed, deformation.disp_inv), bg=bg))
+        out.append(Direction(target=moving, warped=warp(fixed, deformation.disp_inv), bg=bg,
+                             disp=deformation.disp_inv, source_mask=fixed_mask, target_mask=moving_mask))
     return out
 
 
@@ -76,10 +107,11 @@ class BaselineConstants:
     ``TrainConfig`` carries them as flat fields with these defaults.
     """
 
-    beta_nll: float = 0.5  # β-NLL's exponent: 0 is the NLL, 1 the MSE's gradient
-    adareg_sigma: float = 1.0  # AdaReg's σ_r: the local residual's scale in units of the global one
-    adaframe_a: float = 2.0  # AdaFrame's sigmoid slope, per standard deviation of the residual
-    adaframe_b: float = 1.5  # AdaFrame's threshold, in standard deviations above the image's mean residual
+    # The values and their meaning live in models.defaults (the CLI and the API read them there).
+    beta_nll: float = TRAIN_DEFAULTS.beta_nll
+    adareg_sigma: float = TRAIN_DEFAULTS.adareg_sigma
+    adaframe_a: float = TRAIN_DEFAULTS.adaframe_a
+    adaframe_b: float = TRAIN_DEFAULTS.adaframe_b
 
 
 _DEFAULT_CONSTANTS = BaselineConstants()
@@ -128,37 +160,96 @@ def adareg_regulariser(vel: torch.Tensor, dirs: list[Direction], int_downsize: i
     return torch.stack(terms).mean()
 
 
+def smoothness_downsize(config: EstimatorConfig) -> int:
+    """The factor ``R(u)`` is multiplied by: how many full-resolution voxels one velocity voxel spans.
+
+    That is ``int_downsize`` when the velocity is integrated at ``1/int_downsize`` resolution, and 1
+    with ``int_steps == 0``, where the estimator uses its full-resolution flow as the displacement and
+    ignores ``int_downsize`` (weighing that field's smoothness by 2 would double ``λ`` unasked).
+    """
+    return config.int_downsize if config.int_steps > 0 else 1
+
+
+# --- extra terms: parts any method takes on top of its own, chosen by the run's supervision -------------------
+
+@dataclass(frozen=True)
+class ExtraTerm:
+    """``weight · mean over directions of term(direction)``, added to the displacement objective and
+    logged (unweighted) under ``name``."""
+
+    name: str
+    weight: float
+    term: Callable[[Direction], torch.Tensor]
+
+
+def label_dice(d: Direction, labels: tuple[int, ...]) -> torch.Tensor:
+    """``1 − soft Dice`` between the target's mask and the source's mask warped by the direction's field.
+
+    The source mask is warped as one channel per label with linear interpolation, so the term has a
+    gradient with respect to the field (a nearest-neighbour warp of label values has none).
+    """
+    if d.disp is None or d.source_mask is None or d.target_mask is None:
+        raise ValueError("the label term needs both masks of every training pair")
+    source = one_hot_labels(d.source_mask, labels, d.disp.dtype)
+    return soft_dice_loss(warp(source, d.disp), one_hot_labels(d.target_mask, labels, d.disp.dtype))
+
+
+def label_term(labels: tuple[int, ...], weight: float) -> ExtraTerm:
+    """Label-assisted training's term. With bidirectional training it is averaged over both directions
+    (the fixed mask warped by ``disp_inv`` onto the moving one too), as the image term is: both fields
+    come from one velocity, and a label term on one direction only would weigh the two directions'
+    image terms unequally against the labels."""
+    return ExtraTerm("label_dice", weight, functools.partial(label_dice, labels=tuple(labels)))
+
+
+#: Supervision name (``models.defaults.SUPERVISIONS``) -> the extra terms it adds, from
+#: ``(label_weight, labels)``.
+SUPERVISION_TERMS: dict[str, Callable[[float, tuple[int, ...]], tuple[ExtraTerm, ...]]] = {
+    "none": lambda weight, labels: (),
+    "labels": lambda weight, labels: (label_term(labels, weight),),
+}
+
+
 @dataclass
 class DisplacementLoss:
-    """``total = data + λ·smooth (+ aux)``; ``aux`` is the estimator's own loss (DiffuseMorph's
-    denoising term), None for estimators without one."""
+    """``total = data + λ·smooth + Σ weight·extra (+ aux)``; ``aux`` is the estimator's own loss
+    (DiffuseMorph's denoising term), None for estimators without one; ``extras`` holds each extra
+    term's unweighted value by name."""
 
     total: torch.Tensor
     data: torch.Tensor
     smooth: torch.Tensor
     aux: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def displacement_loss(dirs: list[Direction], deformation: Deformation, lam: float, int_downsize: int,
                       scores: list[torch.Tensor] | None = None, *, data_term: DataTerm = weighted_data,
                       regulariser: Regulariser = uniform_smoothness,
-                      constants: BaselineConstants = _DEFAULT_CONSTANTS) -> DisplacementLoss:
+                      constants: BaselineConstants = _DEFAULT_CONSTANTS,
+                      extras: Sequence[ExtraTerm] = ()) -> DisplacementLoss:
     """The displacement estimator's objective: data term averaged over directions, plus ``λ`` times the
-    regulariser, plus the estimator's ``aux_loss`` when it has one.
+    regulariser, plus each extra term averaged over directions times its weight, plus the estimator's
+    ``aux_loss`` when it has one.
 
     ``scores``: per direction, the ``(B, 1, *spatial)`` map the data term reads (AdaCS's ``S``, NLL's
-    ``s``), or None. The defaults give Eq. 2, and Eq. 1 when ``scores`` is None.
+    ``s``), or None; it weighs the data term only, never an extra term. ``int_downsize``: the
+    smoothness factor, :func:`smoothness_downsize` of the estimator. The defaults give Eq. 2, and
+    Eq. 1 when ``scores`` is None.
     """
     maps = scores if scores is not None else [None] * len(dirs)
     data = torch.stack([data_term(d, m, constants) for d, m in zip(dirs, maps)]).mean()
     smooth = regulariser(deformation.vel, dirs, int_downsize, constants)
     total = data + lam * smooth
+    values = {extra.name: torch.stack([extra.term(d) for d in dirs]).mean() for extra in extras}
+    for extra in extras:
+        total = total + extra.weight * values[extra.name]
     # The estimator's own loss (DiffuseMorph's denoising term); read with getattr so that an older
     # Deformation without the field works too.
     aux = getattr(deformation, "aux_loss", None)
     if aux is not None:
         total = total + aux
-    return DisplacementLoss(total=total, data=data, smooth=smooth, aux=aux)
+    return DisplacementLoss(total=total, data=data, smooth=smooth, aux=aux, extras=values)
 
 
 # --- the scoring network's objective (Eq. 9 and its ablations) ---------------------------------------------

@@ -17,6 +17,10 @@ whether there is a scoring network and whether there is an auxiliary network. Ep
   makes, so the same flags give a fair comparison (SPEC, Algorithm 1). An auxiliary network (NLL's
   variance U-Net) has its own Adam, stepped in every displacement update on the same loss: the
   joint training of Kendall & Gal (with equal learning rates, exactly one Adam over both networks).
+
+Label-assisted training (``supervision="labels"``) adds an extra term to every displacement update
+of every method (``models.objectives.ExtraTerm``): the training masks travel with the sampled pairs,
+and only the displacement objective reads them. Defaults live in ``models.defaults``.
 """
 
 from __future__ import annotations
@@ -25,12 +29,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data.pairs import MYOCARDIUM, PairSample
+from models.defaults import (
+    IDENTITY_MARGIN_DSC,
+    TRAIN_DEFAULTS,
+    check_label_weight,
+    check_labels,
+    check_supervision,
+)
 from models.inference import eval_mode, predict_disp, stack_pairs, warp_labels
 from models.intensity import IntensityConfig
 from models.losses import momentum_update, scoring_activation
@@ -39,15 +51,18 @@ from models.networks.estimator import DisplacementEstimator, EstimatorConfig, bu
 from models.networks.scoring import ScoringNet
 from models.objectives import (
     METHODS,
+    SUPERVISION_TERMS,
     BaselineConstants,
+    ExtraTerm,
     Method,
     directions,
     displacement_loss,
     score_maps,
     scoring_objective,
+    smoothness_downsize,
 )
 
-__all__ = ["TrainConfig", "ProgressEvent", "TrainResult", "train", "phase_of_epoch", "total_epochs",
+__all__ = ["TrainConfig", "ProgressEvent", "TrainResult", "Batch", "train", "phase_of_epoch", "total_epochs",
            "PHASE_WARMUP_DISPLACEMENT", "PHASE_WARMUP_SCORING", "PHASE_ALTERNATING", "PHASE_DISPLACEMENT"]
 
 PHASE_WARMUP_DISPLACEMENT = "warmup-displacement"
@@ -56,39 +71,57 @@ PHASE_ALTERNATING = "alternating"
 PHASE_DISPLACEMENT = "displacement"  # the only phase of methods without a scoring network
 
 
+_D = TRAIN_DEFAULTS
+
+
 @dataclass
 class TrainConfig:
-    """Hyperparameters of one training run (SPEC defaults); the worker fills it from a job row."""
+    """Hyperparameters of one training run; the worker fills it from a job row.
 
-    method: str = "adacs"
-    epochs: int = 300
-    warmup_epochs: int = 20
-    steps_per_epoch: int = 50
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    lr: float = 1e-4
-    scoring_lr: float | None = None  # None: the same as lr (the SPEC's 1e-4 for both networks)
-    lam: float = 0.01
-    alpha: float = 0.02
-    beta: float = 1.5
-    kappa: float = 50.0
-    # The baselines' constants (SPEC "Baselines"; documented in models.objectives.BaselineConstants).
-    beta_nll: float = BaselineConstants.beta_nll
-    adareg_sigma: float = BaselineConstants.adareg_sigma
-    adaframe_a: float = BaselineConstants.adaframe_a
-    adaframe_b: float = BaselineConstants.adaframe_b
-    auxiliary_lr: float | None = None  # None: the same as lr (the auxiliary network trains jointly with f_θ)
-    bidir: bool = True
-    seed: int = 0
+    Every default a user can set comes from ``models.defaults.TRAIN_DEFAULTS`` (where the departures
+    from the SPEC are explained), so the CLI and the API cannot drift from the trainer.
+    """
+
+    method: str = _D.method
+    epochs: int = _D.epochs
+    warmup_epochs: int = _D.warmup_epochs
+    steps_per_epoch: int = _D.steps_per_epoch
+    batch_size: int = _D.batch_size
+    micro_batch_size: int = _D.micro_batch_size
+    lr: float = _D.lr
+    scoring_lr: float | None = _D.scoring_lr  # None: the same as lr
+    lam: float = _D.lam
+    alpha: float = _D.alpha
+    beta: float = _D.beta
+    kappa: float = _D.kappa
+    # The baselines' constants (SPEC "Baselines"; documented in models.defaults).
+    beta_nll: float = _D.beta_nll
+    adareg_sigma: float = _D.adareg_sigma
+    adaframe_a: float = _D.adaframe_a
+    adaframe_b: float = _D.adaframe_b
+    auxiliary_lr: float | None = _D.auxiliary_lr  # None: the same as lr (it trains jointly with f_θ)
+    bidir: bool = _D.bidir
+    seed: int = _D.seed
+    # Label-assisted training: "labels" adds label_weight × soft Dice of the warped training masks over
+    # `labels` (None: every foreground label in the training masks) to the displacement objective.
+    supervision: str = _D.supervision
+    label_weight: float = _D.label_weight
+    labels: tuple[int, ...] | None = _D.labels
     val_max_pairs: int = 64
     picture_every: int = 0
     device: str = "cpu"
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
 
+    def __post_init__(self) -> None:
+        # A job row's JSON brings a list: the same labels, compared and stored as one type.
+        if self.labels is not None and not isinstance(self.labels, tuple):
+            self.labels = tuple(self.labels)
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["estimator"] = self.estimator.to_dict()
+        out["labels"] = list(self.labels) if self.labels is not None else None
         return out
 
     @property
@@ -110,6 +143,12 @@ class TrainConfig:
             raise ValueError("epochs and warmup_epochs must be >= 0 and steps_per_epoch >= 1")
         if self.adareg_sigma <= 0:
             raise ValueError(f"adareg_sigma must be > 0, got {self.adareg_sigma}")
+        check_supervision(self.supervision)
+        check_label_weight(self.label_weight)
+        check_labels(self.labels)
+        if self.labels is not None and self.supervision != "labels":
+            raise ValueError(f"labels {list(self.labels)} are used only with supervision 'labels', "
+                             f"not {self.supervision!r}")
 
 
 def total_epochs(cfg: TrainConfig) -> int:
@@ -144,6 +183,7 @@ class ProgressEvent:
     losses: dict[str, float]
     val: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # the run's warnings so far (see _warmup_warnings)
 
 
 @dataclass
@@ -153,27 +193,41 @@ class TrainResult:
     out_dir: Path
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+class Batch(NamedTuple):
+    """One micro-batch: normalised images ``(B, 1, *spatial)`` and, in label-assisted training, the
+    pairs' integer label maps of the same shape (None otherwise)."""
+
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    moving_mask: torch.Tensor | None = None
+    fixed_mask: torch.Tensor | None = None
+
+    @property
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.moving_mask is None or self.fixed_mask is None else (self.moving_mask, self.fixed_mask)
 
 
 def _displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | None,
-                         optimizer: torch.optim.Optimizer, micro: Sequence[Batch], cfg: TrainConfig,
+                         optimizer: torch.optim.Optimizer, micro: Sequence[Batch | tuple], cfg: TrainConfig,
                          auxiliary: torch.nn.Module | None = None,
-                         auxiliary_optimizer: torch.optim.Optimizer | None = None) -> dict:
+                         auxiliary_optimizer: torch.optim.Optimizer | None = None,
+                         extras: Sequence[ExtraTerm] = ()) -> dict:
     """One optimiser update of ``f_θ`` on the method's displacement objective.
 
     ``scorer``: the scoring network whose detached scores weigh the data term (Eq. 2), or None
     (Eq. 1 for AdaCS's warm-up). ``auxiliary``: the method's auxiliary network, updated jointly by
     ``auxiliary_optimizer`` on the same loss, whose maps the data term reads (NLL's ``s``), or None.
+    ``extras``: the supervision's extra terms (the label term), which read the batch's masks.
     """
     method = METHODS[cfg.method]
     optimizers = [optimizer] + ([auxiliary_optimizer] if auxiliary_optimizer is not None else [])
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     logs = {"loss_de": 0.0, "data": 0.0, "smooth": 0.0}
-    for moving, fixed in micro:
+    for batch in map(_as_batch, micro):
+        moving, fixed = batch.moving, batch.fixed
         deformation = estimator(moving, fixed)
-        dirs = directions(moving, fixed, deformation, cfg.bidir)
+        dirs = directions(moving, fixed, deformation, cfg.bidir, batch.masks)
         maps = None
         if scorer is not None:
             with torch.no_grad():  # sg[S]: the scores are constants for f_θ
@@ -182,26 +236,31 @@ def _displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | 
             maps = method.auxiliary.maps(auxiliary, dirs)
             logs[method.auxiliary.log_key] = logs.get(method.auxiliary.log_key, 0.0) + \
                 torch.stack([m.detach().mean() for m in maps]).mean().item() / len(micro)
-        loss = displacement_loss(dirs, deformation, cfg.lam, cfg.estimator.int_downsize, maps,
+        loss = displacement_loss(dirs, deformation, cfg.lam, smoothness_downsize(cfg.estimator), maps,
                                  data_term=method.data_term, regulariser=method.regulariser,
-                                 constants=cfg.constants)
+                                 constants=cfg.constants, extras=extras)
         (loss.total / len(micro)).backward()
         for key, value in (("loss_de", loss.total), ("data", loss.data), ("smooth", loss.smooth),
-                           ("aux", loss.aux)):
+                           ("aux", loss.aux), *loss.extras.items()):
             if value is not None:
                 logs[key] = logs.get(key, 0.0) + value.item() / len(micro)
     for opt in optimizers:
         opt.step()
     # μ's scale (SPEC Eq. 5): the data term averaged over directions, halved again when bidirectional.
-    # Methods without a scoring network log m_t of their own data term as a diagnostic only.
+    # Methods without a scoring network log m_t of their own data term as a diagnostic only. The image
+    # data term alone: κ was tuned on its scale, and an extra term (labels) is not a residual.
     logs["mu_sample"] = logs["data"] / (2 if cfg.bidir else 1)
     return logs
 
 
 def _scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimizer: torch.optim.Optimizer,
-                    micro: Sequence[Batch], m_t: float, cfg: TrainConfig) -> dict:
+                    micro: Sequence[Batch | tuple], m_t: float, cfg: TrainConfig) -> dict:
     """One optimiser update of ``g_ϕ`` on the method's scoring terms (Eq. 9 for AdaCS) with residuals
     of the current (frozen) ``f_θ``.
+
+    The training masks, when the run has them, are not read here: Eq. 9 scores *image* residuals,
+    and the label term trains ``f_θ`` alone (why: ``models.objectives``, "Extra terms"). So
+    label-assisted AdaCS changes only what ``f_θ`` learns, and the scoring update is the SPEC's.
 
     The residuals come from ``f_θ`` in eval mode, i.e. from the registration it would return: an
     estimator whose training forward is stochastic (DiffuseMorph noises its target) would otherwise
@@ -211,7 +270,8 @@ def _scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimi
     terms = METHODS[cfg.method].scoring
     optimizer.zero_grad(set_to_none=True)
     logs = {"loss_se": 0.0, "scs": 0.0, "reg": 0.0, "tv": 0.0, "score_mean": 0.0}
-    for moving, fixed in micro:
+    for batch in map(_as_batch, micro):
+        moving, fixed = batch.moving, batch.fixed
         # sg[r]: no graph through f_θ, so no gradient can reach θ
         with torch.no_grad(), eval_mode(estimator):
             dirs = directions(moving, fixed, estimator(moving, fixed), cfg.bidir)
@@ -252,14 +312,75 @@ def _prepare_val(pairs: Sequence[PairSample] | None, cfg: TrainConfig) -> tuple 
     return moving, fixed, [p.moving_mask for p in pairs], [p.fixed_mask for p in pairs]
 
 
+def _as_batch(item: Batch | tuple) -> Batch:
+    """A micro-batch as :class:`Batch`, also from a plain ``(moving, fixed)`` tuple."""
+    return item if isinstance(item, Batch) else Batch(*item)
+
+
 def _sample(generator: torch.Generator, moving: torch.Tensor, fixed: torch.Tensor, cfg: TrainConfig,
-            device: torch.device) -> list[Batch]:
-    """Draw one update's micro-batches (with replacement) from the seeded sampler."""
+            device: torch.device, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Batch]:
+    """Draw one update's micro-batches (with replacement) from the seeded sampler.
+
+    ``masks`` (label-assisted training) are indexed with the images' draws, so the draws, and a run
+    without masks, are exactly those of a run that never had them.
+    """
     out = []
     for _ in range(cfg.accum_steps):
         idx = torch.randint(moving.shape[0], (cfg.micro_batch_size,), generator=generator)
-        out.append((moving[idx].to(device), fixed[idx].to(device)))
+        label_maps = (masks[0][idx].to(device), masks[1][idx].to(device)) if masks is not None else (None, None)
+        out.append(Batch(moving[idx].to(device), fixed[idx].to(device), *label_maps))
     return out
+
+
+def _supervision_labels(cfg: TrainConfig, pairs: Sequence[PairSample]) -> tuple[int, ...]:
+    """The labels the label term scores, checked against the training masks before anything trains.
+
+    A label-assisted run refuses pairs without both masks (the term would silently be missing for
+    them) and labels that no training mask holds (a typo would train a model without supervision).
+    ``cfg.labels = None`` is every foreground label found. An unsupervised run scores none: ``()``.
+    """
+    if cfg.supervision == "none":
+        return ()
+    unlabelled = [p.pair_id for p in pairs if p.moving_mask is None or p.fixed_mask is None]
+    if unlabelled:
+        raise ValueError(f"label-assisted training (supervision 'labels') needs both masks of every training "
+                         f"pair, and {len(unlabelled)} of {len(pairs)} have none (e.g. {', '.join(unlabelled[:3])}): "
+                         "train on a dataset with masks, or with supervision 'none'")
+    found = sorted({int(v) for p in pairs for m in (p.moving_mask, p.fixed_mask) for v in np.unique(m) if v > 0})
+    if not found:
+        raise ValueError("label-assisted training: the training masks hold no foreground label")
+    missing = sorted(set(cfg.labels or ()) - set(found))
+    if missing:
+        raise ValueError(f"labels {missing} are in no training mask (the masks hold {found})")
+    return tuple(cfg.labels) if cfg.labels is not None else tuple(found)
+
+
+def _stack_masks(pairs: Sequence[PairSample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, 1, *spatial)`` moving and fixed label maps, in the smallest integer type that holds them
+    (the whole training set stays in memory, like the images)."""
+    moving = np.stack([p.moving_mask for p in pairs])[:, None]
+    fixed = np.stack([p.fixed_mask for p in pairs])[:, None]
+    dtype = np.uint8 if max(moving.max(), fixed.max()) <= np.iinfo(np.uint8).max else np.int32
+    return torch.from_numpy(moving.astype(dtype)), torch.from_numpy(fixed.astype(dtype))
+
+
+def _warmup_warnings(epoch: int, n_epochs: int, cfg: TrainConfig, val_metrics: dict[str, float],
+                     identity: float | None, updates: int) -> list[str]:
+    """A warning when validation Dice has not left the identity's by the end of the warm-up.
+
+    Checked once: after the first ``warmup_epochs`` epochs (the displacement warm-up of every method),
+    or after the last epoch of a run without warm-up. A run that fails it has barely moved: the
+    learning rate or the budget is too small for this data (lr 1e-4 at a CPU budget did this on ACDC),
+    and a user should hear it before waiting for the rest, not infer it from a poor model.
+    """
+    check_epoch = cfg.warmup_epochs - 1 if cfg.warmup_epochs > 0 else n_epochs - 1
+    dsc = val_metrics.get("val_dice")
+    if epoch != check_epoch or identity is None or dsc is None or dsc > identity + IDENTITY_MARGIN_DSC:
+        return []
+    when = "the warm-up" if cfg.warmup_epochs > 0 else "training"
+    return [f"validation Dice {dsc:.2f} % after {when} ({updates} updates) has not left the identity's "
+            f"{identity:.2f} % (by more than {IDENTITY_MARGIN_DSC:g} point): the estimator has barely moved; "
+            f"raise lr (now {cfg.lr:g}) or the budget"]
 
 
 def _epoch_means(step_logs: list[dict]) -> dict[str, float]:
@@ -283,9 +404,13 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
     out_dir = Path(out_dir)
     method: Method = METHODS[cfg.method]
     device = torch.device(cfg.device)
+    labels = _supervision_labels(cfg, train_pairs)  # refuses a label-assisted run without masks, up front
+    extras = SUPERVISION_TERMS[cfg.supervision](cfg.label_weight, labels)
     moving_all, fixed_all = stack_pairs(train_pairs, cfg.intensity)
+    masks_all = _stack_masks(train_pairs) if extras else None
     cfg.estimator = EstimatorConfig(**{**asdict(cfg.estimator), "ndim": moving_all.dim() - 2})
     val = _prepare_val(val_pairs, cfg)
+    identity = _identity_dice(val, label) if val is not None else None
 
     # Build: the method's networks and their optimisers, the sampler; everything seeded.
     torch.manual_seed(cfg.seed)
@@ -324,12 +449,14 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
         phase = phase_of_epoch(epoch, cfg)
         epoch_start = time.perf_counter()
         step_logs, mu_samples, trace = [], [], []
+        warnings = [w for h in history for w in h.get("warnings", ())]
         for step in range(cfg.steps_per_epoch):
-            micro = _sample(sampler, moving_all, fixed_all, cfg, device)
+            micro = _sample(sampler, moving_all, fixed_all, cfg, device, masks_all)
             logs: dict[str, float] = {}
             if phase != PHASE_WARMUP_SCORING:
                 use_scores = scorer if phase == PHASE_ALTERNATING else None
-                logs.update(_displacement_update(estimator, use_scores, opt_de, micro, cfg, auxiliary, opt_aux))
+                logs.update(_displacement_update(estimator, use_scores, opt_de, micro, cfg, auxiliary, opt_aux,
+                                                 extras))
                 # Eqs. 5-7: μ_t is the epoch's running mean; m_t moves after every displacement update.
                 mu_samples.append(logs["mu_sample"])
                 m_t = momentum_update(m_t, float(np.mean(mu_samples)), epoch, cfg.kappa, cfg.beta)
@@ -343,15 +470,17 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
                 callback(ProgressEvent("step", phase, epoch, n_epochs, step + 1, cfg.steps_per_epoch,
                                        global_step, total_steps, m_t, {k: v for k, v in logs.items()
                                                                        if k != "mu_sample"},
-                                       elapsed_s=time.perf_counter() - wall_start))
+                                       elapsed_s=time.perf_counter() - wall_start, warnings=list(warnings)))
 
         # Evaluate, log, checkpoint: in this order, so a checkpoint always holds its epoch's history.
         val_metrics = _validate(estimator, val, label)
         mu = float(np.mean(mu_samples)) if mu_samples else None
+        new_warnings = _warmup_warnings(epoch, n_epochs, cfg, val_metrics, identity, global_step)
+        warnings += new_warnings
         record = {"epoch": epoch, "phase": phase, "updates": global_step, "m_t": m_t, "mu": mu,
                   "a_t": scoring_activation(mu, cfg.kappa) if mu is not None else None,
                   "time_s": time.perf_counter() - epoch_start, **_epoch_means(step_logs), **val_metrics,
-                  "trace": trace}
+                  "trace": trace, **({"warnings": new_warnings} if new_warnings else {})}
         history.append(record)
         save_checkpoint(ckpt_dir, {
             "train_config": cfg.to_dict(), "epoch": epoch + 1, "global_step": global_step, "m_t": m_t,
@@ -370,11 +499,12 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
         if callback is not None:
             callback(ProgressEvent("epoch", phase, epoch, n_epochs, cfg.steps_per_epoch, cfg.steps_per_epoch,
                                    global_step, total_steps, m_t, _epoch_means(step_logs), val_metrics,
-                                   elapsed_s=time.perf_counter() - wall_start))
+                                   elapsed_s=time.perf_counter() - wall_start, warnings=list(warnings)))
 
-    card = _model_card(cfg, method, history, data_description, train_pairs, time.perf_counter() - wall_start)
-    if val is not None:
-        card["validation"]["val_dice_identity"] = _identity_dice(val, label)
+    card = _model_card(cfg, method, history, data_description, train_pairs, time.perf_counter() - wall_start,
+                       labels)
+    if identity is not None:
+        card["validation"]["val_dice_identity"] = identity
     save_artifact(out_dir / "model", estimator.cpu(), cfg.estimator, cfg.intensity, card,
                   train_shape=tuple(moving_all.shape[2:]), train_spacing_mm=_typical_spacing(train_pairs))
     return TrainResult(estimator=estimator, history=history, out_dir=out_dir)
@@ -414,8 +544,19 @@ def _write_pictures(out_dir: Path, epoch: int, history: list[dict], estimator, s
     plot_curves(pictures / "curves.png", history, title=f"{cfg.method}: m_t and losses")
 
 
+def _supervision_card(cfg: TrainConfig, labels: tuple[int, ...]) -> dict:
+    """What the model learnt from besides images; the labels are those scored, resolved from the masks
+    when the config left them open. Inference needs images only, whatever this says."""
+    if cfg.supervision == "none":
+        return {"kind": "none"}
+    return {"kind": cfg.supervision, "label_weight": cfg.label_weight, "labels": list(labels),
+            "labels_asked": list(cfg.labels) if cfg.labels is not None else None,
+            "term": "label_weight × (1 − soft Dice) of the training masks, moving warped linearly as one-hot "
+                    "channels; training only (inference reads images only)"}
+
+
 def _model_card(cfg: TrainConfig, method: Method, history: list[dict], data: dict | None,
-                train_pairs: Sequence[PairSample], wall_s: float) -> dict:
+                train_pairs: Sequence[PairSample], wall_s: float, labels: tuple[int, ...] = ()) -> dict:
     last = history[-1] if history else {}
     displacement_updates = sum(cfg.steps_per_epoch for h in history if h["phase"] != PHASE_WARMUP_SCORING)
     return {
@@ -423,6 +564,8 @@ def _model_card(cfg: TrainConfig, method: Method, history: list[dict], data: dic
         "method": method.name,
         "method_description": method.description,
         "hyperparameters": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "picture_every")},
+        "supervision": _supervision_card(cfg, labels),
+        "warnings": [w for h in history for w in h.get("warnings", ())],
         "data": {**(data or {}), "n_train_pairs": len(train_pairs)},
         "training": {"epochs": len(history), "displacement_updates": displacement_updates,
                      "updates": last.get("updates", 0), "final_m_t": last.get("m_t"),

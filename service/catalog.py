@@ -9,6 +9,6 @@ from __future__ import annotations
 
 __all__ = ["ARCHITECTURE_NAMES", "METHOD_NAMES"]
 
-ARCHITECTURE_NAMES: tuple[str, ...] = ("voxelmorph", "transmorph", "diffusemorph")
+ARCHITECTURE_NAMES: tuple[str, ...] = ("voxelmorph", "transmorph", "diffusemorph", "pyramid")
 METHOD_NAMES: tuple[str, ...] = ("none", "adacs", "nll", "beta-nll", "adareg", "adaframe", "adacs-scs-only",
                                  "adacs-no-tv")

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.cli_remote import REMOTE_COMMANDS, add_remote_commands, arch_option
+from models.defaults import MAX_MICRO_BATCH, SUPERVISIONS, TRAIN_DEFAULTS, default_micro_batch_size
+from service.cli_remote import REMOTE_COMMANDS, add_remote_commands, arch_option, label_weight_arg, labels_arg
 
 __all__ = ["main", "build_parser"]
 
@@ -33,32 +34,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="training data SPEC: synthetic[:k=v,...] or acdc-h5:PATH[:split]")
     t.add_argument("--val-data", help="validation data SPEC (default: the val split of acdc-h5 data, or "
                                       "a differently seeded phantom set for synthetic data; 'none' for none)")
-    t.add_argument("--arch", default="voxelmorph", help="displacement estimator: voxelmorph, transmorph or "
-                                                         "diffusemorph")
+    t.add_argument("--arch", default="voxelmorph", help="displacement estimator: voxelmorph, transmorph, "
+                                                         "diffusemorph or pyramid (coarse-to-fine, LapIRN-like)")
     t.add_argument("--arch-option", dest="arch_options", type=arch_option, action="append", default=[],
                    metavar="KEY=VALUE", help="an architecture size, e.g. embed_dim=48 or depths=[2,2,4] (JSON "
                                              "values; repeatable; see models/networks/*.py for the options)")
-    t.add_argument("--method", default="adacs", help="training method: adacs; none (vanilla); the baselines nll, "
-                                                     "beta-nll, adareg, adaframe; the ablations adacs-scs-only "
-                                                     "(Eq. 3 alone) and adacs-no-tv (Eqs. 3-4)")
-    t.add_argument("--epochs", type=int, default=300, help="epochs after the warm-up(s)")
-    t.add_argument("--steps-per-epoch", type=int, default=50, help="optimiser updates per epoch")
-    t.add_argument("--warmup-epochs", type=int, default=20, help="epochs of each warm-up phase")
-    t.add_argument("--batch-size", type=int, default=8, help="pairs per optimiser update")
+    d = TRAIN_DEFAULTS  # every training default, shared with the trainer and the API (models/defaults.py)
+    t.add_argument("--method", default=d.method, help="training method: adacs; none (vanilla); the baselines nll, "
+                                                      "beta-nll, adareg, adaframe; the ablations adacs-scs-only "
+                                                      "(Eq. 3 alone) and adacs-no-tv (Eqs. 3-4)")
+    t.add_argument("--epochs", type=int, default=d.epochs, help="epochs after the warm-up(s) (default: %(default)s)")
+    t.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
+                   help="optimiser updates per epoch (default: %(default)s)")
+    t.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="epochs of each warm-up phase (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per optimiser update "
+                                                                        "(default: %(default)s)")
     t.add_argument("--micro-batch-size", type=int, default=None,
-                   help="pairs per forward pass; gradients accumulate to --batch-size (default min(4, B))")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the displacement estimator")
-    t.add_argument("--scoring-lr", type=float, default=None, help="learning rate of the scoring network "
-                                                                   "(default: --lr)")
-    t.add_argument("--lam", type=float, default=0.01, help="smoothness weight λ")
-    t.add_argument("--alpha", type=float, default=0.02, help="scoring regulariser weight α")
-    t.add_argument("--beta", type=float, default=1.5, help="TV momentum scale β")
-    t.add_argument("--kappa", type=float, default=50.0, help="momentum activation scale κ")
+                   help=f"pairs per forward pass; gradients accumulate to --batch-size "
+                        f"(default min({MAX_MICRO_BATCH}, B))")
+    t.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the displacement estimator "
+                                                          "(default: %(default)s)")
+    t.add_argument("--scoring-lr", type=float, default=d.scoring_lr, help="learning rate of the AdaCS scoring "
+                                                                          "network (default: %(default)s)")
+    t.add_argument("--lam", type=float, default=d.lam, help="smoothness weight λ (default: %(default)s)")
+    t.add_argument("--alpha", type=float, default=d.alpha, help="scoring regulariser weight α (default: %(default)s)")
+    t.add_argument("--beta", type=float, default=d.beta, help="TV momentum scale β (default: %(default)s)")
+    t.add_argument("--kappa", type=float, default=d.kappa, help="momentum activation scale κ (default: %(default)s)")
+    t.add_argument("--supervision", choices=SUPERVISIONS, default=d.supervision,
+                   help="'labels': add a soft Dice of the training masks to the objective (every training pair "
+                        "needs both masks; inference still needs images only) (default: %(default)s)")
+    t.add_argument("--label-weight", type=label_weight_arg, default=d.label_weight,
+                   help="weight of the label term, > 0 (default: %(default)s)")
+    t.add_argument("--labels", type=labels_arg, default=d.labels,
+                   help="labels the label term scores, e.g. 2 or 1,2,3 (default: every foreground label of the "
+                        "training masks; on 2D cardiac slices the myocardium alone, 2, measured better)")
     t.add_argument("--no-bidir", action="store_true", help="train one direction only")
     t.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
     t.add_argument("--enc", type=_ints, default=(16, 32, 32, 32), help="U-Net encoder features, e.g. 16,32,32,32")
     t.add_argument("--dec", type=_ints, default=(32, 32, 32, 32, 32, 16, 16), help="U-Net decoder features")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--picture-every", type=int, default=0, help="write Fig. 4/5 PNGs every N epochs (0: never)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto")
     t.add_argument("--out", required=True, type=Path, help="run directory (rerun with the same --out to resume)")
@@ -69,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="data SPEC")
     e.add_argument("--out", required=True, type=Path, help="report.json to write")
     e.add_argument("--device", default="auto")
+    _add_refine_flags(e, "evaluation refines every pair as registration does")
 
     r = sub.add_parser("register", help="register a moving image onto a fixed image")
     r.add_argument("--model", required=True, type=Path, help="model artifact directory")
@@ -82,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "folder/zip holds several series")
         r.add_argument(f"--{role}-frame", type=int, help=f"frame (0-based) of a 4D {role} image")
     r.add_argument("--device", default="auto")
+    _add_refine_flags(r, "a 2D stack is refined all slices at once, under one time limit")
 
     d = sub.add_parser("demo", help="make a synthetic cardiac pair, train a small model, register the pair")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -127,11 +144,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.networks.estimator import EstimatorConfig
     from models.trainer import TrainConfig, train
 
-    micro = args.micro_batch_size or min(4, args.batch_size)
+    micro = args.micro_batch_size or default_micro_batch_size(args.batch_size)
     cfg = TrainConfig(method=args.method, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                       steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, micro_batch_size=micro,
                       lr=args.lr, scoring_lr=args.scoring_lr, lam=args.lam, alpha=args.alpha, beta=args.beta,
-                      kappa=args.kappa,
+                      kappa=args.kappa, supervision=args.supervision, label_weight=args.label_weight,
+                      labels=args.labels,
                       bidir=not args.no_bidir, seed=args.seed, picture_every=args.picture_every,
                       device=_device(args.device),
                       estimator=EstimatorConfig(arch=args.arch, enc=args.enc, dec=args.dec, int_steps=args.int_steps,
@@ -180,17 +198,51 @@ class _ProgressBar:
             self.bar.close()
 
 
+def _refine_steps(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return steps
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return seconds
+
+
+def _add_refine_flags(parser: argparse.ArgumentParser, note: str) -> None:
+    """``--refine-steps``/``--refine-time-limit``: unset, the model card's ``inference`` defaults apply."""
+    parser.add_argument("--refine-steps", type=_refine_steps, default=None, metavar="N",
+                        help="test-time refinement: N Adam steps on the pair's own image term + smoothness after the "
+                             "network's forward pass, never worse by the image term than the network (0: the "
+                             f"network's answer; default: the model card's, else 0); {note}")
+    parser.add_argument("--refine-time-limit", type=_seconds, default=None, metavar="S",
+                        help="stop refining after S seconds per registration (default: the model card's, else 30)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from models.artifact import load_artifact, write_json_atomic
     from models.data.spec import describe_spec, load_pairs
     from models.evaluate import evaluate_model
+    from models.refine import refine_config
 
     model = load_artifact(args.model, device=_device(args.device))
+    # The flags, the model card filling what they leave unset: exactly what `adacs register` does.
+    refine_with = refine_config(model.card, steps=args.refine_steps, time_limit_s=args.refine_time_limit)
     pairs = load_pairs(args.data)
     report = evaluate_model(model, pairs, progress=lambda items, total: tqdm(items, total=total, unit="pair",
-                                                                           desc="evaluating"))
+                                                                           desc="evaluating"),
+                            refine_with=refine_with)
     report["model"] = str(args.model)
     report["data"] = describe_spec(args.data)
     write_json_atomic(args.out, report)
@@ -205,6 +257,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from models.io.image import LABEL, SCALAR, Image
     from models.io.readers import check_mask, check_pair, read_image
     from models.outputs import write_registration_outputs
+    from models.refine import refine_config
     from models.register import register_images
 
     def read(path: Path | None, kind: str, series: str | None = None, frame: int | None = None) -> Image | None:
@@ -213,6 +266,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model = load_artifact(args.model, device=_device(args.device))
     load_s = time.perf_counter() - start
+    refine_with = refine_config(model.card, steps=args.refine_steps, time_limit_s=args.refine_time_limit)
     fixed = read(args.fixed, SCALAR, args.fixed_series, args.fixed_frame)
     moving = read(args.moving, SCALAR, args.moving_series, args.moving_frame)
     moving_mask, fixed_mask = read(args.moving_mask, LABEL), read(args.fixed_mask, LABEL)
@@ -223,7 +277,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     bar = lambda items, total: tqdm(items, total=total, unit="batch", desc="registering")  # noqa: E731
-    result = register_images(model, fixed, moving, moving_mask, fixed_mask, progress=bar)
+    result = register_images(model, fixed, moving, moving_mask, fixed_mask, progress=bar, refine_with=refine_with)
     write_registration_outputs(args.out, result)
     result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
                           "wall_s": round(time.perf_counter() - start, 4),

@@ -22,17 +22,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from models.defaults import check_label_weight, check_labels
+
 __all__ = ["add_remote_commands", "REMOTE_COMMANDS"]
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 3, 4, 130
 OUTPUTS = ("displacement", "warped-image", "warped-mask", "report", "preview.png")  # service.client.DOWNLOADS
+
+
+def label_weight_arg(text: str) -> float:
+    """``--label-weight``: a finite number > 0, refused as a usage error (the rule of ``models.defaults``)."""
+    try:
+        weight = float(text)
+        check_label_weight(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--label-weight must be a finite number > 0, got {text!r}") from None
+    return weight
+
+
+def labels_arg(text: str) -> tuple[int, ...]:
+    """``--labels 1,2,3``: distinct foreground labels, refused as a usage error (0 is the background)."""
+    try:
+        labels = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer labels, got {text!r}") from None
+    try:
+        check_labels(labels)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return labels
+
+
 # Training hyperparameters the CLI can set: (name in the request body, type). Unset ones are not sent,
 # so the server's defaults apply.
 HYPERPARAMETERS: tuple[tuple[str, Callable[[str], Any]], ...] = (
     ("epochs", int), ("warmup_epochs", int), ("steps_per_epoch", int), ("batch_size", int),
     ("micro_batch_size", int), ("lr", float), ("scoring_lr", float), ("lam", float), ("alpha", float),
     ("beta", float), ("kappa", float), ("seed", int), ("beta_nll", float), ("adareg_sigma", float),
-    ("adaframe_a", float), ("adaframe_b", float), ("auxiliary_lr", float))
+    ("adaframe_a", float), ("adaframe_b", float), ("auxiliary_lr", float), ("supervision", str),
+    ("label_weight", label_weight_arg), ("labels", labels_arg))
 
 
 def arch_option(text: str) -> tuple[str, object]:
@@ -329,7 +357,7 @@ def _add_train_remote(sub, common: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train-remote", parents=[common], help="queue a training on a server, on an uploaded dataset")
     t.add_argument("--dataset", required=True, help="dataset id (adacs datasets upload / list)")
     t.add_argument("--model-name", required=True, help="model to register the result as (a new version)")
-    t.add_argument("--arch", default="voxelmorph", help="voxelmorph, transmorph or diffusemorph")
+    t.add_argument("--arch", default="voxelmorph", help="voxelmorph, transmorph, diffusemorph or pyramid")
     t.add_argument("--arch-option", dest="arch_options", type=arch_option, action="append", default=[],
                    metavar="KEY=VALUE", help="an architecture size (JSON value; repeatable), e.g. embed_dim=48")
     t.add_argument("--method", default="adacs", help="adacs, none (vanilla), nll, beta-nll, adareg, adaframe, "

@@ -179,3 +179,124 @@ def test_the_readme_demo_registers_a_pair_clearly_better_than_no_registration(tm
     report = json.loads((tmp_path / "registration" / "report.json").read_text(encoding="utf-8"))
     assert report["dice"]["2"] > report["dice_before"]["2"] + 20, report
     assert report["folding_pct"] < 1.0
+
+
+def test_train_parses_the_label_flags_and_defaults_from_one_place():
+    from models.defaults import TRAIN_DEFAULTS
+    from service.cli import build_parser
+
+    args = build_parser().parse_args(train_args("out", extra=["--supervision", "labels", "--label-weight", "0.5",
+                                                              "--labels", "2,3"]))
+    assert (args.supervision, args.label_weight, args.labels) == ("labels", 0.5, (2, 3))
+    plain = build_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])
+    assert (plain.supervision, plain.label_weight, plain.labels) == ("none", TRAIN_DEFAULTS.label_weight, None)
+    assert (plain.epochs, plain.warmup_epochs, plain.steps_per_epoch, plain.lr, plain.scoring_lr) == \
+        (TRAIN_DEFAULTS.epochs, TRAIN_DEFAULTS.warmup_epochs, TRAIN_DEFAULTS.steps_per_epoch, TRAIN_DEFAULTS.lr,
+         TRAIN_DEFAULTS.scoring_lr)
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--label-weight", "-1"], "--label-weight must be a finite number > 0"),
+    (["--label-weight", "0"], "--label-weight must be a finite number > 0"),
+    (["--label-weight", "nan"], "--label-weight must be a finite number > 0"),
+    (["--labels", "0,2"], "integers >= 1 (0 is the background)"),
+    (["--labels", "2,2"], "distinct"),
+    (["--labels", "2,myo"], "comma-separated integer labels"),
+    (["--supervision", "masks"], "invalid choice: 'masks'"),
+])
+def test_train_rejects_bad_label_flags_with_a_usage_error(tmp_path, capsys, flags, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(train_args(tmp_path / "x", extra=["--supervision", "labels", *flags]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage: adacs train" in err and words in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_refuses_labels_without_label_supervision(tmp_path, capsys):
+    assert main(train_args(tmp_path / "x", extra=["--labels", "2"])) == 2
+    assert "only with supervision 'labels'" in capsys.readouterr().err
+
+
+def test_train_with_label_supervision_records_it_in_the_card(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(out, epochs=0, extra=["--method", "none", "--supervision", "labels", "--labels", "2",
+                                                 "--label-weight", "0.5", "--quiet"])) == 0
+    card = json.loads((out / "model" / "card.json").read_text(encoding="utf-8"))
+    assert card["supervision"] == {**card["supervision"], "kind": "labels", "labels": [2], "label_weight": 0.5}
+    history = json.loads((out / "history.json").read_text(encoding="utf-8"))["epochs"]
+    assert all("label_dice" in e for e in history)
+
+
+# -- test-time refinement: --refine-steps / --refine-time-limit and the model card's default ----------------
+
+def phantom_files(tmp_path):
+    pair = make_phantom_pair(PhantomConfig(size=32, seed=3), 0)
+    return {name: write(getattr(pair, name), tmp_path / f"{name}.nii.gz", (1.5, 1.5))
+            for name in ("fixed", "moving", "moving_mask", "fixed_mask")}
+
+
+def register_args(model, paths, out, *flags):
+    return ["register", "--model", str(model), "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]),
+            "--moving-mask", str(paths["moving_mask"]), "--fixed-mask", str(paths["fixed_mask"]), "--out", str(out),
+            *flags]
+
+
+def with_card_inference(model, tmp_path, inference):
+    """A copy of ``model`` whose card asks for ``inference`` defaults."""
+    import shutil
+
+    copy = tmp_path / "carded"
+    shutil.copytree(model, copy)
+    card = json.loads((copy / "card.json").read_text(encoding="utf-8"))
+    (copy / "card.json").write_text(json.dumps(card | {"inference": inference}), encoding="utf-8")
+    return copy
+
+
+def test_register_refines_with_the_flags_and_records_it(run_dir, tmp_path, capsys):
+    paths = phantom_files(tmp_path)
+    assert main(register_args(run_dir / "model", paths, tmp_path / "plain")) == 0
+    assert main(register_args(run_dir / "model", paths, tmp_path / "refined", "--refine-steps", "12",
+                              "--refine-time-limit", "60")) == 0
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text(encoding="utf-8"))["refine"]
+    refined = json.loads((tmp_path / "refined" / "report.json").read_text(encoding="utf-8"))["refine"]
+    assert plain["steps_requested"] == plain["steps_done"] == 0  # no flag, no card key: the network's answer
+    assert refined["steps_requested"] == refined["steps_done"] == 12 and refined["time_limit_s"] == 60
+    assert refined["stopped_by"] == "steps" and refined["image_term_after"] <= refined["image_term_before"]
+
+
+def test_register_and_evaluate_take_the_card_default_and_the_flag_overrides_it(run_dir, tmp_path, capsys):
+    model = with_card_inference(run_dir / "model", tmp_path, {"refine_steps": 7})
+    paths = phantom_files(tmp_path)
+    assert main(register_args(model, paths, tmp_path / "card")) == 0
+    assert main(register_args(model, paths, tmp_path / "off", "--refine-steps", "0")) == 0
+    read = lambda name: json.loads((tmp_path / name / "report.json").read_text(encoding="utf-8"))  # noqa: E731
+    assert read("card")["refine"]["steps_done"] == 7 and read("off")["refine"]["steps_done"] == 0
+    data = "synthetic:size=32,n=2,seed=7"
+    assert main(["evaluate", "--model", str(model), "--data", data, "--out", str(tmp_path / "card.json")]) == 0
+    assert main(["evaluate", "--model", str(model), "--data", data, "--out", str(tmp_path / "three.json"),
+                 "--refine-steps", "3"]) == 0
+    card = json.loads((tmp_path / "card.json").read_text(encoding="utf-8"))
+    three = json.loads((tmp_path / "three.json").read_text(encoding="utf-8"))
+    assert card["summary"]["refine"]["steps_done_mean"] == 7 and three["summary"]["refine"]["steps_done_mean"] == 3
+    assert [p["refine"]["steps_done"] for p in three["pairs"]] == [3, 3]
+
+
+@pytest.mark.parametrize(("command", "flags", "words"), [
+    ("register", ["--refine-steps", "-1"], "argument --refine-steps: expected an integer >= 0, got '-1'"),
+    ("register", ["--refine-steps", "2.5"], "argument --refine-steps: expected an integer >= 0"),
+    ("register", ["--refine-time-limit", "0"], "argument --refine-time-limit: expected a finite number of seconds"),
+    ("evaluate", ["--refine-time-limit", "inf"], "argument --refine-time-limit: expected a finite number"),
+    ("evaluate", ["--refine-steps", "many"], "argument --refine-steps: expected an integer >= 0, got 'many'"),
+])
+def test_bad_refine_flags_are_usage_errors(run_dir, tmp_path, capsys, command, flags, words):
+    common = {"register": ["--fixed", "f.nii.gz", "--moving", "m.nii.gz"], "evaluate": ["--data", "synthetic"]}
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--model", str(run_dir / "model"), *common[command], "--out", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"usage: adacs {command}" in err and words in err, err
+
+
+def test_a_bad_card_default_is_an_error_naming_the_key(run_dir, tmp_path, capsys):
+    model = with_card_inference(run_dir / "model", tmp_path, {"refine_steps": -4})
+    assert main(register_args(model, phantom_files(tmp_path), tmp_path / "o")) == 2
+    assert "model card: refine steps must be an integer >= 0, got -4" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.data.synthetic import PhantomConfig, make_phantom_dataset
-from models.losses import momentum_update
+from models.losses import mean_squared_gradient, momentum_update
 from models.networks.estimator import EstimatorConfig, build_estimator
 from models.networks.scoring import ScoringNet
 from models.objectives import directions, displacement_loss, scoring_objective
@@ -17,9 +17,11 @@ from models.trainer import (
     PHASE_DISPLACEMENT,
     PHASE_WARMUP_DISPLACEMENT,
     PHASE_WARMUP_SCORING,
+    ProgressEvent,
     TrainConfig,
     _displacement_update,
     _scoring_update,
+    _warmup_warnings,
     train,
 )
 
@@ -165,7 +167,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(pairs, tmp_path):
 
 
 def test_resume_refuses_different_settings(pairs, tmp_path):
-    train(tiny_config(epochs=0), pairs, tmp_path / "run")
+    train(tiny_config(epochs=0, lr=1e-4), pairs, tmp_path / "run")
     with pytest.raises(ValueError, match="lr: checkpoint 0.0001 vs now 0.001"):
         train(tiny_config(lr=1e-3), pairs, tmp_path / "run")
 
@@ -244,3 +246,71 @@ def test_a_checkpoint_from_before_the_baselines_still_resumes(pairs, tmp_path):
     resumed = train(tiny_config(), pairs, tmp_path / "old")
     full_state, resumed_state = full.estimator.state_dict(), resumed.estimator.state_dict()
     assert all(torch.equal(full_state[k], resumed_state[k]) for k in full_state)
+
+
+@pytest.mark.parametrize(("int_steps", "factor"), [(0, 1), (7, 2)])
+def test_smoothness_is_scaled_by_int_downsize_only_where_the_estimator_uses_it(int_steps, factor):
+    """With ``int_steps = 0`` the estimator's flow is the full-resolution displacement (``int_downsize``
+    unused), so ``R(u)`` must not be doubled; with integration it is the SPEC's ``× int_downsize``."""
+    config = replace(TINY, ndim=2, int_steps=int_steps, int_downsize=2)
+    torch.manual_seed(0)
+    estimator = build_estimator(config)
+    micro = [(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))]
+    with torch.no_grad():
+        vel = estimator(*micro[0]).vel
+    assert vel.shape[-1] == 32 // factor  # the velocity's grid: full resolution without integration
+    logs = _displacement_update(estimator, None, torch.optim.Adam(estimator.parameters()), micro,
+                                tiny_config(estimator=config))
+    assert logs["smooth"] == pytest.approx(mean_squared_gradient(vel).item() * factor, rel=1e-5)
+
+
+def test_warmup_warning_only_when_val_dice_has_not_left_the_identity():
+    cfg = tiny_config(warmup_epochs=3)
+    stuck, moved = {"val_dice": 60.5}, {"val_dice": 61.5}
+    assert _warmup_warnings(2, 5, cfg, moved, identity=60.0, updates=6) == []
+    assert _warmup_warnings(1, 5, cfg, stuck, identity=60.0, updates=4) == []  # not the warm-up's end
+    assert _warmup_warnings(2, 5, cfg, {}, identity=None, updates=6) == []  # nothing to compare with
+    (warning,) = _warmup_warnings(2, 5, cfg, stuck, identity=60.0, updates=6)
+    assert "60.50 %" in warning and "identity's 60.00 %" in warning and "after the warm-up (6 updates)" in warning
+    (warning,) = _warmup_warnings(4, 5, tiny_config(warmup_epochs=0), stuck, identity=60.0, updates=10)
+    assert "after training" in warning
+
+
+def test_a_run_that_cannot_move_is_warned_in_progress_and_card(pairs, tmp_path):
+    import json
+
+    events: list[ProgressEvent] = []
+    cfg = tiny_config(method="none", lr=1e-12, warmup_epochs=1, epochs=1)
+    train(cfg, pairs, tmp_path, val_pairs=pairs[:4], callback=events.append)
+    first_epoch = [e for e in events if e.epoch == 0]
+    assert all(e.warnings == [] for e in first_epoch if e.kind == "step")  # not before it is known
+    assert len(first_epoch[-1].warnings) == 1 and "has not left the identity" in first_epoch[-1].warnings[0]
+    assert all(e.warnings == first_epoch[-1].warnings for e in events if e.epoch == 1)  # and it stays
+    card = json.loads((tmp_path / "model" / "card.json").read_text(encoding="utf-8"))
+    assert card["warnings"] == first_epoch[-1].warnings
+    assert card["validation"]["val_dice"] == pytest.approx(card["validation"]["val_dice_identity"], abs=0.01)
+
+
+def test_training_defaults_come_from_one_place():
+    """The trainer's, the CLI's and the API's defaults are one set (models/defaults.py)."""
+    from dataclasses import fields
+
+    from models.defaults import TRAIN_DEFAULTS, default_micro_batch_size
+    from service.api.schemas import TrainingHyperparameters
+    from service.cli import build_parser
+
+    trainer = TrainConfig()
+    api = TrainingHyperparameters()
+    cli = build_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])
+    for f in fields(TRAIN_DEFAULTS):
+        expected = getattr(TRAIN_DEFAULTS, f.name)
+        assert getattr(trainer, f.name) == expected, f.name
+        if f.name in TrainingHyperparameters.model_fields and f.name != "micro_batch_size":
+            assert getattr(api, f.name) == (list(expected) if isinstance(expected, tuple) else expected), f.name
+        if hasattr(cli, f.name) and f.name != "micro_batch_size":
+            assert getattr(cli, f.name) == expected, f.name
+    assert default_micro_batch_size(trainer.batch_size) == trainer.micro_batch_size
+    # The measured recipe of issue 12: 1000 displacement updates at lr 1e-3, the scoring net at 1e-4.
+    assert (trainer.lr, trainer.scoring_lr) == (1e-3, 1e-4)
+    assert (2 * trainer.warmup_epochs) * trainer.steps_per_epoch == 1000
+    assert (trainer.warmup_epochs + trainer.epochs) * trainer.steps_per_epoch == 1000

@@ -132,11 +132,13 @@ def parse_options(kind: type, config: EstimatorConfig):
 
 def _option_types() -> dict[str, type | None]:
     # Imported here, not at the top: TransMorph pulls in MONAI (slow to import), and DiffuseMorph's
-    # module imports PairBackbone from this one.
+    # and the pyramid's modules import PairBackbone / Deformation from this one.
     from models.networks.diffusemorph import DiffuseMorphOptions
+    from models.networks.pyramid import PyramidOptions
     from models.networks.transmorph import TransMorphOptions
 
-    return {"voxelmorph": None, "transmorph": TransMorphOptions, "diffusemorph": DiffuseMorphOptions}
+    return {"voxelmorph": None, "transmorph": TransMorphOptions, "diffusemorph": DiffuseMorphOptions,
+            "pyramid": PyramidOptions}
 
 
 def resolve_options(config: EstimatorConfig) -> EstimatorConfig:
@@ -175,9 +177,22 @@ def _diffusemorph(config: EstimatorConfig) -> DisplacementEstimator:
     return DisplacementEstimator(backbone, config.ndim, config.int_steps, config.int_downsize)
 
 
+def _pyramid(config: EstimatorConfig) -> DisplacementEstimator:
+    """Laplacian-pyramid (LapIRN-like) estimator; ``enc``/``dec`` are not used (they size only the scoring network).
+
+    Not a :class:`DisplacementEstimator` subclass (it has a flow head per level, not one on a
+    backbone) but the same interface: ``forward(moving, fixed) -> Deformation``, ``int_steps``,
+    ``integrator``.
+    """
+    from models.networks.pyramid import PyramidEstimator, PyramidOptions
+
+    return PyramidEstimator(config.ndim, parse_options(PyramidOptions, config), config.int_steps,
+                            config.int_downsize)
+
+
 #: Architecture name -> builder. The trainer and the artifact loader only see this table.
 ARCHITECTURES: dict[str, Callable[[EstimatorConfig], DisplacementEstimator]] = {
-    "voxelmorph": _voxelmorph, "transmorph": _transmorph, "diffusemorph": _diffusemorph}
+    "voxelmorph": _voxelmorph, "transmorph": _transmorph, "diffusemorph": _diffusemorph, "pyramid": _pyramid}
 
 
 def build_estimator(config: EstimatorConfig) -> DisplacementEstimator:

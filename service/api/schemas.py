@@ -10,7 +10,9 @@ import math
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.defaults import MAX_MICRO_BATCH, SUPERVISIONS, TRAIN_DEFAULTS, check_labels, check_supervision
 
 __all__ = ["ErrorPublic", "FieldErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
            "ModelVersionPublic", "ModelPublic", "ModelDetailPublic", "ModelsPublic", "PromotionCreate",
@@ -163,36 +165,70 @@ class DatasetsPublic(BaseModel):
 
 # -- training jobs -------------------------------------------------------------------------------
 
+_D = TRAIN_DEFAULTS  # the trainer's and the CLI's defaults too (models/defaults.py, torch-free)
+
+
 class TrainingHyperparameters(BaseModel):
-    """Algorithm 1's settings (SPEC defaults, except the short default budget: set ``epochs`` for real runs).
+    """Algorithm 1's settings, with the defaults of ``models/defaults.py`` (shared with ``adacs train``).
 
     Budgets count optimiser updates: ``steps_per_epoch`` updates of ``batch_size`` pairs per epoch,
-    ``warmup_epochs`` per warm-up phase, then ``epochs`` more.
+    ``warmup_epochs`` per warm-up phase, then ``epochs`` more. The defaults (lr 1e-3, 20 + 20 warm-up
+    epochs and 20 more of 25 updates: 1000 displacement updates) are the recipe measured to train a
+    competent model on a dataset the size of ACDC on CPU.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: int = Field(20, ge=0, le=100_000, description="epochs after the warm-up(s)")
-    warmup_epochs: int = Field(20, ge=0, le=100_000, description="epochs of each warm-up phase")
-    steps_per_epoch: int = Field(50, ge=1, le=100_000, description="optimiser updates per epoch")
-    batch_size: int = Field(8, ge=1, le=1024, description="pairs per optimiser update")
-    micro_batch_size: int | None = Field(None, ge=1, le=1024, description="pairs per forward pass "
-                                                                           "(default min(4, batch_size))")
-    lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate of the displacement estimator")
-    scoring_lr: float | None = Field(None, gt=0, le=1, description="of the scoring network (default: lr)")
-    lam: float = Field(0.01, ge=0, le=1e6, description="smoothness weight λ")
-    alpha: float = Field(0.02, ge=0, le=1e6, description="scoring regulariser weight α")
-    beta: float = Field(1.5, ge=0, le=1e6, description="TV momentum scale β")
-    kappa: float = Field(50.0, gt=0, le=1e6, description="momentum activation scale κ")
-    bidir: bool = Field(True, description="train both directions")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    beta_nll: float = Field(0.5, ge=0, le=1, description="β of the β-NLL baseline")
-    adareg_sigma: float = Field(1.0, gt=0, le=1e6, description="σ_r of the AdaReg baseline")
-    adaframe_a: float = Field(2.0, gt=0, le=1e6, description="slope a of the AdaFrame weight")
-    adaframe_b: float = Field(1.5, ge=-1e6, le=1e6, description="offset b of the AdaFrame weight")
-    auxiliary_lr: float | None = Field(None, gt=0, le=1, description="of the NLL variance network (default: lr)")
+    epochs: int = Field(_D.epochs, ge=0, le=100_000, description="epochs after the warm-up(s)")
+    warmup_epochs: int = Field(_D.warmup_epochs, ge=0, le=100_000, description="epochs of each warm-up phase")
+    steps_per_epoch: int = Field(_D.steps_per_epoch, ge=1, le=100_000, description="optimiser updates per epoch")
+    batch_size: int = Field(_D.batch_size, ge=1, le=1024, description="pairs per optimiser update")
+    micro_batch_size: int | None = Field(None, ge=1, le=1024, description="pairs per forward pass (default "
+                                                                           f"min({MAX_MICRO_BATCH}, batch_size))")
+    lr: float = Field(_D.lr, gt=0, le=1, description="Adam learning rate of the displacement estimator")
+    scoring_lr: float | None = Field(_D.scoring_lr, gt=0, le=1, description="of the AdaCS scoring network "
+                                                                            "(null: the same as lr)")
+    lam: float = Field(_D.lam, ge=0, le=1e6, description="smoothness weight λ")
+    alpha: float = Field(_D.alpha, ge=0, le=1e6, description="scoring regulariser weight α")
+    beta: float = Field(_D.beta, ge=0, le=1e6, description="TV momentum scale β")
+    kappa: float = Field(_D.kappa, gt=0, le=1e6, description="momentum activation scale κ")
+    bidir: bool = Field(_D.bidir, description="train both directions")
+    seed: int = Field(_D.seed, ge=0, le=2**32 - 1)
+    beta_nll: float = Field(_D.beta_nll, ge=0, le=1, description="β of the β-NLL baseline")
+    adareg_sigma: float = Field(_D.adareg_sigma, gt=0, le=1e6, description="σ_r of the AdaReg baseline")
+    adaframe_a: float = Field(_D.adaframe_a, gt=0, le=1e6, description="slope a of the AdaFrame weight")
+    adaframe_b: float = Field(_D.adaframe_b, ge=-1e6, le=1e6, description="offset b of the AdaFrame weight")
+    auxiliary_lr: float | None = Field(_D.auxiliary_lr, gt=0, le=1,
+                                       description="of the NLL variance network (null: the same as lr)")
+    supervision: str = Field(_D.supervision, max_length=16,
+                             description=f"one of {', '.join(SUPERVISIONS)}: 'labels' adds a soft Dice of the "
+                                         "training masks to the objective (the dataset needs both masks on every "
+                                         "pair; the model still registers images alone)")
+    label_weight: float = Field(_D.label_weight, gt=0, le=1e6, description="weight of the label term")
+    labels: list[int] | None = Field(list(_D.labels) if _D.labels is not None else None, min_length=1,
+                                     max_length=64, description="labels the label term scores (null: every "
+                                                                "foreground label of the training masks)")
     crop: int | None = Field(128, ge=8, le=1024, description="side of the training crops (acdc, manifest) or "
                                                              "grid (camus); null keeps the data's grid")
+
+    @field_validator("supervision")
+    @classmethod
+    def _known_supervision(cls, supervision: str) -> str:
+        check_supervision(supervision)
+        return supervision
+
+    @field_validator("labels")
+    @classmethod
+    def _foreground_labels(cls, labels: list[int] | None) -> list[int] | None:
+        check_labels(labels)
+        return labels
+
+    @model_validator(mode="after")
+    def _labels_need_label_supervision(self) -> TrainingHyperparameters:
+        """Labels without label supervision would be silently ignored: refuse them, naming the fix."""
+        if self.labels is not None and self.supervision != "labels":
+            raise ValueError(f"labels are used only with supervision 'labels', not {self.supervision!r}")
+        return self
 
 
 OptionValue = int | float | bool | str | list[int] | list[float]

@@ -47,10 +47,23 @@ def _diffusemorph_tensors(estimator: dict[str, Any]) -> int:
     return _voxelmorph_tensors(estimator) + 8 * len(features) + 2
 
 
+def _pyramid_tensors(estimator: dict[str, Any]) -> int:
+    # Per level: two stem, one strided and two decoder convolutions and the flow head (12 tensors),
+    # 4 per residual block, and 2 for the convolution merging the coarser level's features (all but
+    # the coarsest level).
+    options = estimator.get("options") or {}
+    features, blocks = options.get("features", (32, 32, 16)), options.get("blocks", 2)
+    if not isinstance(features, (list, tuple)) or not isinstance(blocks, int):
+        raise InvalidArtifact(f"{CONFIG}: pyramid options need a list 'features' and an integer 'blocks', got "
+                              f"{features!r} and {blocks!r}")
+    return len(features) * (12 + 4 * blocks) + 2 * (len(features) - 1)
+
+
 #: Architecture -> number of tensors in its state dict. A test checks every entry against
 #: ``models.networks.estimator.ARCHITECTURES``, so a new architecture cannot be forgotten here.
 TENSOR_COUNTS: dict[str, Callable[[dict[str, Any]], int]] = {
-    "voxelmorph": _voxelmorph_tensors, "transmorph": _transmorph_tensors, "diffusemorph": _diffusemorph_tensors}
+    "voxelmorph": _voxelmorph_tensors, "transmorph": _transmorph_tensors, "diffusemorph": _diffusemorph_tensors,
+    "pyramid": _pyramid_tensors}
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,19 @@ def test_a_missing_moving_file_is_422(server, images, nothing_made):
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("refine_steps", "-1"), ("refine_steps", "2001"), ("refine_steps", "2.5"), ("refine_steps", "many"),
+    ("refine_time_limit_s", "0"), ("refine_time_limit_s", "-3"), ("refine_time_limit_s", "301"),
+    ("refine_time_limit_s", "nan"), ("refine_time_limit_s", "inf"),
+])
+def test_a_bad_refine_field_is_422_naming_it(server, images, nothing_made, field, value):
+    response = post(server, files_of(images), data={field: value})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "invalid_request" and f"body.{field}: " in body["detail"]
+    assert [error["loc"] for error in body["errors"]] == [["body", field]]
+
+
 # -- a valid upload ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -171,6 +184,17 @@ def test_a_valid_upload_is_202_with_a_queued_row_inputs_on_disk_and_one_message(
     assert len(ours) == 1
     assert ours[0]["headers"]["task"] == "adacs.registration.run"
     assert ours[0]["properties"]["delivery_info"]["routing_key"] == "inference"
+
+
+def test_refine_fields_are_stored_in_the_job_params_only_when_given(server, images, db_session):
+    both = post(server, files_of(images), data={"refine_steps": "2000", "refine_time_limit_s": "2.5"})
+    steps_only = post(server, files_of(images), data={"refine_steps": "0"})
+    assert both.status_code == steps_only.status_code == 202, (both.text, steps_only.text)
+    with db_session() as session:
+        params = session.get(Job, both.json()["id"]).params
+        assert (params["refine_steps"], params["refine_time_limit_s"]) == (2000, 2.5)
+        params = session.get(Job, steps_only.json()["id"]).params
+        assert params["refine_steps"] == 0 and "refine_time_limit_s" not in params  # the model card decides
 
 
 def test_the_extension_of_each_upload_is_kept(server, images, db_session):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from models.defaults import TRAIN_DEFAULTS
 from service.catalog import ARCHITECTURE_NAMES, METHOD_NAMES
 
 TINY = {"epochs": 1, "warmup_epochs": 0, "steps_per_epoch": 2, "batch_size": 2}
@@ -34,7 +35,7 @@ def test_create_read_list(server, dataset_id: str) -> None:
     job = response.json()
     assert response.headers["location"] == job["url"] and job["status"] == "queued"
     assert job["architecture"] == "voxelmorph" and job["method"] == "none" and job["model_version"] is None
-    assert job["hyperparameters"]["steps_per_epoch"] == 2 and job["hyperparameters"]["lr"] == 1e-4
+    assert job["hyperparameters"]["steps_per_epoch"] == 2 and job["hyperparameters"]["lr"] == TRAIN_DEFAULTS.lr
     assert job["events_url"] == job["url"] + "/events"
     assert server.client.get(job["url"]).json()["id"] == job["id"]
     assert job["id"] in [j["id"] for j in server.client.get("/v1/training-jobs").json()["data"]]
@@ -47,6 +48,13 @@ def test_create_read_list(server, dataset_id: str) -> None:
     ({"hyperparameters": {"lr": -1}}, 422, None),
     ({"hyperparameters": {"learning_rate": 0.1}}, 422, None),
     ({"hyperparameters": {"batch_size": 6, "micro_batch_size": 4}}, 422, "invalid_hyperparameters"),
+    ({"hyperparameters": {"supervision": "masks"}}, 422, None),
+    ({"hyperparameters": {"supervision": "labels", "label_weight": -1}}, 422, None),
+    ({"hyperparameters": {"supervision": "labels", "label_weight": 0}}, 422, None),
+    ({"hyperparameters": {"supervision": "labels", "labels": [0, 2]}}, 422, None),
+    ({"hyperparameters": {"supervision": "labels", "labels": [2, 2]}}, 422, None),
+    ({"hyperparameters": {"supervision": "labels", "labels": []}}, 422, None),
+    ({"hyperparameters": {"labels": [2]}}, 422, None),
     ({"dataset_id": "00000000-0000-0000-0000-000000000000"}, 404, "not_found"),
 ])
 def test_bad_requests_are_refused(server, dataset_id: str, overrides: dict, status: int, code: str | None) -> None:
@@ -91,3 +99,55 @@ def test_unknown_job_is_404(server) -> None:
     for path in ("", "/events"):
         response = server.client.get(f"/v1/training-jobs/00000000-0000-0000-0000-000000000000{path}")
         assert response.status_code == 404 and response.json()["code"] == "not_found"
+
+
+def test_defaults_are_the_trainers(server, dataset_id: str) -> None:
+    """A job that sets nothing trains with models/defaults.py's values, spelled out in its row."""
+    job = server.client.post("/v1/training-jobs", json={"dataset_id": dataset_id, "model_name": "defaults"}).json()
+    hp = job["hyperparameters"]
+    assert (hp["epochs"], hp["warmup_epochs"], hp["steps_per_epoch"], hp["lr"], hp["scoring_lr"]) == \
+        (TRAIN_DEFAULTS.epochs, TRAIN_DEFAULTS.warmup_epochs, TRAIN_DEFAULTS.steps_per_epoch, TRAIN_DEFAULTS.lr,
+         TRAIN_DEFAULTS.scoring_lr)
+    assert (hp["supervision"], hp["label_weight"], hp["labels"]) == ("none", TRAIN_DEFAULTS.label_weight, None)
+    server.client.post(job["url"] + "/cancel")
+
+
+@pytest.mark.parametrize(("hyperparameters", "field", "words"), [
+    ({"supervision": "labels", "label_weight": -1}, "label_weight", "greater than 0"),
+    ({"supervision": "labels", "labels": [0, 2]}, "labels", "integers >= 1"),
+    ({"supervision": "masks"}, "supervision", "unknown supervision 'masks'"),
+    ({"labels": [2]}, "hyperparameters", "only with supervision 'labels'"),
+])
+def test_bad_label_settings_name_the_field(server, dataset_id: str, hyperparameters: dict, field: str,
+                                           words: str) -> None:
+    body = _create(server, dataset_id, hyperparameters=TINY | hyperparameters).json()
+    assert body["code"] == "invalid_request"
+    assert any(error["loc"][-1] == field and words in error["msg"] for error in body["errors"]), body
+
+
+def test_label_supervision_is_queued_on_a_dataset_with_masks(server, dataset_id: str) -> None:
+    hp = TINY | {"supervision": "labels", "labels": [2], "label_weight": 0.5}
+    response = _create(server, dataset_id, hyperparameters=hp)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["hyperparameters"]["supervision"], job["hyperparameters"]["labels"],
+            job["hyperparameters"]["label_weight"]) == ("labels", [2], 0.5)
+    server.client.post(job["url"] + "/cancel")
+
+
+def test_label_supervision_on_a_dataset_without_masks_is_422(server, manifest_dataset, zip_tree, tmp_path) -> None:
+    folder = manifest_dataset(tmp_path / "study", n_pairs=4, size=32)
+    rows = (folder / "manifest.csv").read_text(encoding="utf-8").splitlines()
+    (folder / "manifest.csv").write_text("\n".join(",".join(row.split(",")[:2]) for row in rows) + "\n",
+                                         encoding="utf-8")
+    dataset = server.client.post("/v1/datasets", files={"file": ("plain.zip", zip_tree(folder, "study/"))}).json()
+    assert dataset["n_labelled"] == 0, dataset
+    before = server.client.get("/v1/training-jobs").json()["count"]
+    response = _create(server, dataset["id"], hyperparameters=TINY | {"supervision": "labels"})
+    assert response.status_code == 422 and response.json()["code"] == "dataset_without_masks"
+    detail = response.json()["detail"]
+    assert "supervision 'labels'" in detail and "both masks" in detail and "on 0 of its 4 pairs" in detail, detail
+    assert server.client.get("/v1/training-jobs").json()["count"] == before
+    plain = _create(server, dataset["id"])
+    assert plain.status_code == 202  # images alone still train
+    server.client.post(plain.json()["url"] + "/cancel")

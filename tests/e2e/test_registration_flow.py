@@ -89,8 +89,8 @@ def download(server, job_id: str, segment: str, target: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(target)))
 
 
-def local_register(model_dir: Path, out: Path, **files: Path) -> Path:
-    argv = ["register", "--model", str(model_dir), "--out", str(out), "--device", "cpu"]
+def local_register(model_dir: Path, out: Path, *flags: str, **files: Path) -> Path:
+    argv = ["register", "--model", str(model_dir), "--out", str(out), "--device", "cpu", *flags]
     for role, path in files.items():
         argv += [f"--{role.replace('_', '-')}", str(path)]
     assert adacs(argv) == 0
@@ -138,3 +138,18 @@ def test_a_dicom_series_zip_as_moving_finishes_within_wait(stack, dicom_pair, mo
     displacement = download(stack, job["id"], "displacement", tmp_path / "displacement.nii.gz")
     np.testing.assert_allclose(displacement, read(local / "displacement.nii.gz"), atol=1e-5)
     assert stack.client.delete(f"/v1/registrations/{job['id']}").status_code == 204
+
+
+def test_a_refined_stack_is_refined_as_adacs_register_refines_it(stack, dicom_pair, model_dir, tmp_path):
+    files = {role: (path.name, path.read_bytes()) for role, path in dicom_pair.items()}
+    response = stack.client.post("/v1/registrations", files=files, params={"wait": 60},
+                                 data={"refine_steps": "5", "refine_time_limit_s": "60"})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["status"] == "succeeded", f"{job['error']}\n{stack.worker.tail()}"
+    record = job["report"]["refine"]
+    assert (record["steps_done"], record["samples"], record["time_limit_s"]) == (5, 3, 60.0)  # 3 slices, 1 batch
+
+    local = local_register(model_dir, tmp_path / "local", "--refine-steps", "5", **dicom_pair)
+    displacement = download(stack, job["id"], "displacement", tmp_path / "displacement.nii.gz")
+    np.testing.assert_allclose(displacement, read(local / "displacement.nii.gz"), atol=1e-4)

@@ -165,3 +165,38 @@ def test_the_preview_of_a_volume_shows_its_middle_slice(tmp_path, with_masks):
 
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[:2] == (400, 800) and pixels[..., :3].std() > 0.1  # the square, not a blank slice
+
+
+def test_refine_params_reach_register_images_and_the_report_carries_the_record(settings, register_model, create_job,
+                                                                               load_job, image_pair, tmp_path):
+    sha = register_model(settings)
+    job_id = create_job(settings, refine_steps=4, refine_time_limit_s=60.0)
+    default_id = create_job(settings)  # no refine params: the card (which has no inference key) says 0 steps
+    for one in (job_id, default_id):
+        run_registration(one, settings=settings)
+    job, default = load_job(settings, job_id), load_job(settings, default_id)
+    assert job.status == default.status == JobStatus.SUCCEEDED, (job.error, default.error)
+    record = job.result["report"]["refine"]
+    assert (record["steps_requested"], record["steps_done"], record["time_limit_s"]) == (4, 4, 60.0)
+    assert record["stopped_by"] == "steps" and record["image_term_after"] <= record["image_term_before"]
+    assert default.result["report"]["refine"]["steps_done"] == 0
+    # The CLI with the same flags refines to the same field.
+    store = LocalArtifactStore(settings.artifact_dir)
+    cli_out = tmp_path / "cli"
+    assert adacs(["register", "--model", str(store.checkout_dir(sha)), "--fixed", str(image_pair["fixed"]),
+                  "--moving", str(image_pair["moving"]), "--moving-mask", str(image_pair["moving_mask"]),
+                  "--fixed-mask", str(image_pair["fixed_mask"]), "--out", str(cli_out), "--refine-steps", "4"]) == 0
+    ours = read_array(store.job_dir(job_id) / "outputs" / "displacement.nii.gz")
+    assert ours.tobytes() == read_array(cli_out / "displacement.nii.gz").tobytes()
+    assert ours.tobytes() != read_array(store.job_dir(default_id) / "outputs" / "displacement.nii.gz").tobytes()
+
+
+@pytest.mark.parametrize("params", [{"refine_steps": -1}, {"refine_steps": "4"}, {"refine_steps": True},
+                                    {"refine_time_limit_s": 0}, {"refine_time_limit_s": "30"}])
+def test_bad_refine_params_fail_the_job_as_invalid_params(settings, register_model, create_job, load_job, params):
+    register_model(settings)
+    job_id = create_job(settings, **params)
+    run_registration(job_id, settings=settings)
+    job = load_job(settings, job_id)
+    assert job.status == JobStatus.FAILED and job.error.startswith("invalid_params: params: refine_steps is an "
+                                                                   "integer >= 0"), job.error

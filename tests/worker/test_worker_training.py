@@ -64,6 +64,8 @@ def test_other_architectures_and_methods_train_and_register(settings, dataset_id
     ({"architecture": "transmorph", "architecture_options": {"wings": 2}}, "unknown options"),
     ({"architecture": "voxelmorph", "architecture_options": {"embed_dim": 48}}, "takes no options"),
     ({"hyperparameters": {"learning_rate": 1.0}}, "unknown hyperparameters"),
+    ({"hyperparameters": TINY | {"supervision": "masks"}}, "unknown supervision 'masks'"),
+    ({"hyperparameters": TINY | {"supervision": "labels", "labels": [7]}}, "labels [7] are in no training mask"),
     ({"dataset_id": "00000000-0000-0000-0000-000000000000"}, "is gone"),
 ])
 def test_bad_parameters_fail_the_job_naming_the_problem(settings, dataset_id, load_job, overrides, words):
@@ -73,6 +75,23 @@ def test_bad_parameters_fail_the_job_naming_the_problem(settings, dataset_id, lo
     run_training(job_id, settings=settings)
     job = load_job(settings, job_id)
     assert job.status == JobStatus.FAILED and words in job.error, job.error
+
+
+def test_label_supervision_trains_from_the_job_and_a_stuck_run_is_warned(settings, dataset_id, load_job):
+    """The job's label settings reach the trainer and the card; a run that cannot move (lr 1e-12) ends
+    with a warning in its progress and in its card."""
+    hp = TINY | {"supervision": "labels", "labels": [2], "label_weight": 0.5, "lr": 1e-12}
+    job_id = _job(settings, dataset_id=dataset_id, model_name="labelled", architecture="voxelmorph", method="adacs",
+                  hyperparameters=hp, val_fraction=0.34)
+    run_training(job_id, settings=settings)
+    job = load_job(settings, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert len(job.progress["warnings"]) == 1 and "has not left the identity" in job.progress["warnings"][0]
+    assert "label_dice" in job.progress["losses"]
+    with session_scope(_engine(settings)) as session:
+        card = session.query(ModelVersion).filter_by(source_job_id=job_id).one().card
+    assert card["supervision"]["kind"] == "labels" and card["supervision"]["labels"] == [2]
+    assert card["supervision"]["label_weight"] == 0.5 and card["warnings"] == job.progress["warnings"]
 
 
 def test_validation_takes_whole_subjects():

@@ -12,10 +12,14 @@ Before sending the task, the API stores the uploads in the job's folder,
                 "moving_mask": "inputs/moving_mask.nii.gz",   # optional
                 "fixed_mask": "inputs/fixed_mask.nii.gz"},    # optional
      "fixed_series": "1.2.840...", "moving_series": None,    # optional: a DICOM series (UID or prefix)
-     "fixed_frame": None, "moving_frame": 0}                 # optional: the frame of a 4D image
+     "fixed_frame": None, "moving_frame": 0,                 # optional: the frame of a 4D image
+     "refine_steps": 100, "refine_time_limit_s": 30.0}       # optional: test-time refinement
 
-Input paths are relative to the job's folder and must stay inside it. Only after the commit does
-the API send ``REGISTRATION_TASK`` with ``args=[job_id]`` to the ``inference`` queue.
+Input paths are relative to the job's folder and must stay inside it. ``refine_steps`` (an integer
+>= 0; the API allows at most 2000) and ``refine_time_limit_s`` (seconds > 0; the API allows at most
+300) are absent, or None, when the user gave none: then the model card's ``inference`` defaults
+apply (``models.refine.refine_config``; 0 steps without them), as in ``adacs register``. Only after
+the commit does the API send ``REGISTRATION_TASK`` with ``args=[job_id]`` to the ``inference`` queue.
 
 What the worker writes
 ----------------------
@@ -27,7 +31,7 @@ On success, ``status="succeeded"``, ``finished_at`` and ``result``::
 
     {"model": {"ref": "cardiac:3", "name": "cardiac", "version": 3, "sha256": "..."},
      "outputs": {ROLE: {"file": NAME, "sha256": "...", "key": "objects/ab/...", "size_bytes": N}},
-     "report": {...},            # report.json: dice, dice_before (with a fixed mask), folding_pct, ...
+     "report": {...},            # report.json: dice, dice_before (with a fixed mask), folding_pct, refine, ...
      "timings_s": {"load_model", "read_inputs", "register", "write_outputs", "total"},
      "device": "cuda" | "cpu", "attempt": 1}
 
@@ -49,6 +53,7 @@ backoff; see ``worker.failures``). A job with ``cancel_requested`` ends ``cancel
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -90,6 +95,8 @@ class RegistrationParams:
     inputs: dict[str, str]
     series: dict[str, str | None] = field(default_factory=dict)
     frames: dict[str, int | None] = field(default_factory=dict)
+    refine_steps: int | None = None
+    refine_time_limit_s: float | None = None
 
     @classmethod
     def parse(cls, params: dict[str, Any], default_model: str) -> RegistrationParams:
@@ -107,7 +114,18 @@ class RegistrationParams:
         if not all(v is None or isinstance(v, str) for v in series.values()) or not all(
                 v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in frames.values()):
             raise InvalidJobParams(f"params: a *_series is a string and a *_frame an integer, got {series}, {frames}")
-        return cls(model, dict(inputs), series, frames)
+        return cls(model, dict(inputs), series, frames, *_refine_params(params))
+
+
+def _refine_params(params: dict[str, Any]) -> tuple[int | None, float | None]:
+    """``refine_steps`` and ``refine_time_limit_s`` checked; None leaves the choice to the model card."""
+    steps, seconds = params.get("refine_steps"), params.get("refine_time_limit_s")
+    steps_ok = steps is None or (type(steps) is int and steps >= 0)  # type(), not isinstance: no bools
+    seconds_ok = seconds is None or (type(seconds) in (int, float) and 0 < seconds < math.inf)
+    if not (steps_ok and seconds_ok):
+        raise InvalidJobParams(f"params: refine_steps is an integer >= 0 and refine_time_limit_s a number of "
+                               f"seconds > 0, got {steps!r} and {seconds!r}")
+    return steps, seconds
 
 
 def _input_path(job_dir: Path, relative: str) -> Path:
@@ -178,6 +196,7 @@ def _resolve_model(engine: Engine, ref: str) -> dict[str, Any]:
 def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactStore,
               monitor: JobMonitor) -> dict[str, Any]:
     """The job's work; returns its ``result``."""
+    from models.refine import refine_config
     from models.register import register_images
 
     start, timings = time.perf_counter(), {}
@@ -195,7 +214,9 @@ def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactS
     step("reading_inputs")
     images = read_inputs(job_dir, params, settings.max_voxels)
     step("registering")
-    result = register_images(model, images["fixed"], images["moving"], images["moving_mask"], images["fixed_mask"])
+    refine_with = refine_config(model.card, params.refine_steps, params.refine_time_limit_s)
+    result = register_images(model, images["fixed"], images["moving"], images["moving_mask"], images["fixed_mask"],
+                             refine_with=refine_with)
     step("writing_outputs")
     report = result.report | {"model": model_info["ref"], "model_sha256": model_info["sha256"],
                               "model_load_s": round(timings["reading_inputs"] - timings["loading_model"], 4),

@@ -8,10 +8,11 @@ The API commits a ``training`` job row (``queued``) whose ``params`` are::
      "model_name": "cardiac",                # the registry name the estimator is registered under
      "architecture": "voxelmorph", "architecture_options": {},   # e.g. {"embed_dim": 48}
      "method": "adacs",
-     "hyperparameters": {"epochs": 20, "warmup_epochs": 20, "steps_per_epoch": 50, "batch_size": 8,
-                         "micro_batch_size": None, "lr": 1e-4, "scoring_lr": None, "lam": 0.01,
+     "hyperparameters": {"epochs": 20, "warmup_epochs": 20, "steps_per_epoch": 25, "batch_size": 8,
+                         "micro_batch_size": None, "lr": 1e-3, "scoring_lr": 1e-4, "lam": 0.01,
                          "alpha": 0.02, "beta": 1.5, "kappa": 50.0, "bidir": True, "seed": 0,
-                         "crop": 128},
+                         "supervision": "none", "label_weight": 0.3, "labels": None,
+                         "crop": 128},            # any key left out takes models.defaults' value
      "val_fraction": 0.2}                    # share of subjects held out for validation Dice
 
 and then sends ``TRAINING_TASK`` with ``args=[job_id]`` to the ``training`` queue.
@@ -26,7 +27,9 @@ killed worker, the reaper) continues where its last epoch ended instead of start
 
 While running, ``progress`` holds ``phase``, ``epoch``/``epochs`` (1-based), ``step``/
 ``steps_per_epoch``, ``global_step``/``total_steps``, ``losses`` (the last update's), ``m_t``,
-``val_dice`` and ``val_folding_pct`` (the last validation), ``elapsed_s`` and ``eta_s``. Every
+``val_dice`` and ``val_folding_pct`` (the last validation), ``elapsed_s``, ``eta_s`` and ``warnings``
+(a list of sentences, e.g. that validation Dice had not left the identity's by the end of the
+warm-up; the model card repeats them). Every
 training step reports, and a cancelled or overtaken job stops at that step (the trainer keeps the
 last completed checkpoint).
 
@@ -54,6 +57,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from models.defaults import TRAIN_DEFAULTS, default_micro_batch_size
 from service.access import principal_for_owner
 from service.core.config import Settings, get_settings
 from service.db import Dataset, DatasetStatus, Job, JobKind, ModelVersion, session_scope
@@ -127,7 +131,7 @@ def train_config(params: TrainingParams, device: str):
     if unknown:
         raise InvalidJobParams(f"unknown hyperparameters {unknown}; known: {sorted(known)}")
     if hp.get("micro_batch_size") is None:
-        hp["micro_batch_size"] = min(4, int(hp.get("batch_size", 8)))
+        hp["micro_batch_size"] = default_micro_batch_size(int(hp.get("batch_size", TRAIN_DEFAULTS.batch_size)))
     from models.networks.estimator import resolve_options
 
     estimator = EstimatorConfig(arch=params.architecture, options=params.architecture_options)
@@ -178,7 +182,7 @@ class _Progress:
             steps_per_epoch=event.steps_per_epoch, global_step=event.global_step, total_steps=event.total_steps,
             fraction=round(done, 4), losses={k: round(v, 6) for k, v in event.losses.items() if math.isfinite(v)},
             m_t=round(event.m_t, 6), **self.val, elapsed_s=round(event.elapsed_s, 2),
-            eta_s=round(eta, 1) if event.global_step else None)
+            eta_s=round(eta, 1) if event.global_step else None, warnings=list(event.warnings))
         self.monitor.progress(**self.last)
 
 

@@ -1,7 +1,8 @@
 """Training jobs over HTTP: queue one, follow its progress (JSON or server-sent events), cancel it.
 
-``POST /v1/training-jobs`` checks what it can without torch (the dataset is ready, the architecture
-and method exist, the model name is valid, the hyperparameters are in range), commits a ``queued``
+``POST /v1/training-jobs`` checks what it can without torch (the dataset is ready, and has both masks
+on every pair for label-assisted training; the architecture and method exist, the model name is valid,
+the hyperparameters are in range), commits a ``queued``
 training job whose ``params`` are the contract of ``worker.tasks.training``, and sends
 ``adacs.training.run`` with the job's id to the ``training`` queue.
 
@@ -34,6 +35,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from models.defaults import default_micro_batch_size
 from service.access import Principal, may_see, owned_by
 from service.api.deps import CurrentPrincipal, SessionDep, SettingsDep, TrainPrincipal
 from service.api.errors import ApiError
@@ -43,7 +45,7 @@ from service.api.routes.datasets import load_dataset
 from service.api.schemas import ErrorPublic, TrainingJobCreate, TrainingJobPublic, TrainingJobsPublic
 from service.catalog import ARCHITECTURE_NAMES, METHOD_NAMES
 from service.core.config import Settings
-from service.db import DatasetStatus, Job, JobKind, JobStatus, Model, new_id, session_scope, utcnow
+from service.db import Dataset, DatasetStatus, Job, JobKind, JobStatus, Model, new_id, session_scope, utcnow
 from service.registry import InvalidReference, check_may_add_version
 from service.registry.refs import check_name
 
@@ -130,13 +132,30 @@ def _check(body: TrainingJobCreate, session: Session, principal: Principal) -> N
         raise ApiError(422, f"unknown method {body.method!r}; known: {', '.join(METHOD_NAMES)}", "invalid_method")
     _check_model_name(body.model_name, session, principal)
     hp = body.hyperparameters
-    micro = hp.micro_batch_size or min(4, hp.batch_size)
+    micro = hp.micro_batch_size or default_micro_batch_size(hp.batch_size)
     if hp.batch_size % micro:
         raise ApiError(422, f"batch_size {hp.batch_size} must be a multiple of micro_batch_size {micro}",
                        "invalid_hyperparameters")
     dataset = load_dataset(session, body.dataset_id, principal)
     if dataset.status != DatasetStatus.READY:
         raise ApiError(409, f"dataset {dataset.id} is {dataset.status.value}, not ready", "dataset_not_ready")
+    if hp.supervision == "labels":
+        _check_masks(dataset)
+
+
+def _check_masks(dataset: Dataset) -> None:
+    """Label-assisted training needs both masks of every pair: refused now, not when the worker gets to it.
+
+    The upload's check counted the pairs with both masks (``n_labelled``); a dataset checked before that
+    count existed has none recorded and is refused too, rather than guessed at.
+    """
+    info = dataset.info or {}
+    labelled, pairs = info.get("n_labelled"), info.get("n_pairs", dataset.n_pairs)
+    if labelled is None or pairs is None or labelled < pairs:
+        have = "no record of its masks" if labelled is None else f"both masks on {labelled} of its {pairs} pairs"
+        raise ApiError(422, f"hyperparameters.supervision 'labels' needs a dataset with both masks (fixed and "
+                            f"moving) on every pair, and dataset {dataset.id} has {have}; upload one with masks "
+                            "or use supervision 'none'", "dataset_without_masks")
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, summary="Queue a training job on an uploaded dataset",
