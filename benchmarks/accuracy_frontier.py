@@ -55,6 +55,7 @@ class Row:
     arch_options: dict = field(default_factory=dict)
     refine_steps: int = 0  # test-time refinement at evaluation (0: the network alone)
     artifact: Path | None = None
+    model_of: str | None = None  # "refined" rows: evaluate the model another row trained (same seed)
 
 
 VANILLA = {"method": "none", "lr": 1e-3, "warmup_epochs": 20, "epochs": 20, "steps_per_epoch": 25}
@@ -70,6 +71,12 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("labels-all", "learned", "VoxelMorph, vanilla + label term on RV, MYO, LV (w 0.3)",
         VANILLA | {"supervision": "labels", "label_weight": 0.3}),
     Row("pyramid", "learned", "pyramid (3 levels), vanilla", VANILLA, arch="pyramid"),
+    Row("pyramid-labels", "learned", "pyramid, vanilla + myocardium label term (w 0.3)", VANILLA | LABELS_MYO,
+        arch="pyramid"),
+    Row("vanilla+refine", "learned", "VoxelMorph, vanilla, + 50 refinement steps", model_of="vanilla",
+        refine_steps=50),
+    Row("pyramid+refine", "learned", "pyramid, vanilla, + 50 refinement steps", model_of="pyramid",
+        refine_steps=50),
     Row("starter-v1", "artifact", "starter v1 (AdaCS, 1500 updates at lr 1e-4)", artifact=STARTER),
 )}
 
@@ -171,7 +178,10 @@ def run_row(row: Row, seed: int, train_pairs, val_pairs, work: Path) -> dict:
         fields, record["ms_per_pair"] = classical_fields(row, val_pairs)
     else:
         model_dir = row.artifact
-        if row.kind == "learned":
+        if row.model_of is not None:  # the other row's run: trained (or resumed) there, reused here
+            record |= train_row(ROWS[row.model_of], seed, train_pairs, val_pairs, work / row.model_of / f"seed{seed}")
+            model_dir = work / row.model_of / f"seed{seed}" / "model"
+        elif row.kind == "learned":
             record |= train_row(row, seed, train_pairs, val_pairs, run_dir)
             model_dir = run_dir / "model"
         fields, record["ms_per_pair"] = learned_fields(model_dir, val_pairs, row.refine_steps)

@@ -31,11 +31,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["TrainDefaults", "TRAIN_DEFAULTS", "MAX_MICRO_BATCH", "SUPERVISIONS", "IDENTITY_MARGIN_DSC",
-           "default_micro_batch_size", "check_label_weight", "check_labels", "check_supervision"]
+__all__ = ["TrainDefaults", "TRAIN_DEFAULTS", "MAX_MICRO_BATCH", "SUPERVISIONS", "LR_SCHEDULES",
+           "IDENTITY_MARGIN_DSC", "default_micro_batch_size", "check_lr_schedule", "check_label_weight",
+           "check_labels", "check_supervision"]
 
 #: Largest default micro-batch: the authors accumulate a batch of 8 as two micro-batches of 4.
 MAX_MICRO_BATCH = 4
+
+#: How the displacement estimator's learning rate moves over its updates (``models.trainer.lr_factor``).
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 #: What a training run may learn from besides the images: nothing, or the training masks.
 SUPERVISIONS: tuple[str, ...] = ("none", "labels")
@@ -56,6 +60,7 @@ class TrainDefaults:
     batch_size: int = 8
     micro_batch_size: int = MAX_MICRO_BATCH
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": the estimator's lr decays to 0 over its updates
     scoring_lr: float | None = 1e-4  # None: the same as lr
     auxiliary_lr: float | None = None  # None: the same as lr (NLL's variance net trains jointly with f_θ)
     lam: float = 0.01
@@ -105,3 +110,9 @@ def check_labels(labels: Sequence[int] | None) -> None:
         raise ValueError(f"labels must be integers >= 1 (0 is the background), got {list(labels)}")
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels must be distinct, got {list(labels)}")
+
+
+def check_lr_schedule(schedule: str) -> None:
+    """A ValueError naming the choices unless ``schedule`` is one of :data:`LR_SCHEDULES`."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {schedule!r}; known: {', '.join(LR_SCHEDULES)}")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.defaults import MAX_MICRO_BATCH, SUPERVISIONS, TRAIN_DEFAULTS, default_micro_batch_size
+from models.defaults import LR_SCHEDULES, MAX_MICRO_BATCH, SUPERVISIONS, TRAIN_DEFAULTS, default_micro_batch_size
 from service.cli_remote import REMOTE_COMMANDS, add_remote_commands, arch_option, label_weight_arg, labels_arg
 
 __all__ = ["main", "build_parser"]
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default min({MAX_MICRO_BATCH}, B))")
     t.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the displacement estimator "
                                                           "(default: %(default)s)")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="the estimator's learning rate over its updates: constant, or cosine decay to 0 "
+                        "(default: %(default)s)")
     t.add_argument("--scoring-lr", type=float, default=d.scoring_lr, help="learning rate of the AdaCS scoring "
                                                                           "network (default: %(default)s)")
     t.add_argument("--lam", type=float, default=d.lam, help="smoothness weight λ (default: %(default)s)")
@@ -147,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     micro = args.micro_batch_size or default_micro_batch_size(args.batch_size)
     cfg = TrainConfig(method=args.method, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                       steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, micro_batch_size=micro,
-                      lr=args.lr, scoring_lr=args.scoring_lr, lam=args.lam, alpha=args.alpha, beta=args.beta,
+                      lr=args.lr, lr_schedule=args.lr_schedule, scoring_lr=args.scoring_lr, lam=args.lam,
+                      alpha=args.alpha, beta=args.beta,
                       kappa=args.kappa, supervision=args.supervision, label_weight=args.label_weight,
                       labels=args.labels,
                       bidir=not args.no_bidir, seed=args.seed, picture_every=args.picture_every,

@@ -22,6 +22,9 @@ from models.trainer import (
     _displacement_update,
     _scoring_update,
     _warmup_warnings,
+    displacement_updates,
+    displacement_updates_before,
+    lr_factor,
     train,
 )
 
@@ -314,3 +317,37 @@ def test_training_defaults_come_from_one_place():
     assert (trainer.lr, trainer.scoring_lr) == (1e-3, 1e-4)
     assert (2 * trainer.warmup_epochs) * trainer.steps_per_epoch == 1000
     assert (trainer.warmup_epochs + trainer.epochs) * trainer.steps_per_epoch == 1000
+
+
+def test_cosine_schedule_known_answers():
+    assert [lr_factor(k, 4, "cosine") for k in (0, 2, 4, 9)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert lr_factor(3, 4, "constant") == 1.0
+    cfg = tiny_config(warmup_epochs=2, epochs=2, steps_per_epoch=3)  # AdaCS: 2 disp, 2 scoring-only, 2 alternating
+    assert displacement_updates(cfg) == 12
+    assert [displacement_updates_before(e, 0, cfg) for e in range(6)] == [0, 3, 6, 6, 6, 9]
+    assert displacement_updates_before(5, 2, cfg) == 11  # the last one
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        tiny_config(lr_schedule="step").validate()
+
+
+@pytest.mark.parametrize("method", ["adacs", "none"])
+def test_cosine_schedule_sets_each_update_and_survives_a_resume(pairs, tmp_path, method):
+    """The rate of every update is lr·factor of its position; a resumed run continues the curve exactly."""
+    cfg = tiny_config(method=method, lr_schedule="cosine", lr=1e-3)
+    full = train(cfg, pairs, tmp_path / "full")
+    state = load_checkpoint(tmp_path / "full" / "checkpoints")
+    last = displacement_updates(cfg) - 1
+    assert state["opt_de"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_factor(last, last + 1, "cosine"))
+
+    def stop_after_first_epoch(event):
+        if event.kind == "epoch" and event.epoch == 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(replace(cfg), pairs, tmp_path / "resumed", callback=stop_after_first_epoch)
+    resumed = train(replace(cfg), pairs, tmp_path / "resumed")
+    assert all(torch.equal(a, b) for a, b in zip(full.estimator.state_dict().values(),
+                                                 resumed.estimator.state_dict().values()))
+    constant = train(replace(cfg, lr_schedule="constant"), pairs, tmp_path / "constant")
+    assert not all(torch.equal(a, b) for a, b in zip(full.estimator.state_dict().values(),
+                                                     constant.estimator.state_dict().values()))

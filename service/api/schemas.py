@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.defaults import MAX_MICRO_BATCH, SUPERVISIONS, TRAIN_DEFAULTS, check_labels, check_supervision
+from models.defaults import (
+    LR_SCHEDULES,
+    MAX_MICRO_BATCH,
+    SUPERVISIONS,
+    TRAIN_DEFAULTS,
+    check_labels,
+    check_supervision,
+)
 
 __all__ = ["ErrorPublic", "FieldErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
            "ModelVersionPublic", "ModelPublic", "ModelDetailPublic", "ModelsPublic", "PromotionCreate",
@@ -186,6 +193,8 @@ class TrainingHyperparameters(BaseModel):
     micro_batch_size: int | None = Field(None, ge=1, le=1024, description="pairs per forward pass (default "
                                                                            f"min({MAX_MICRO_BATCH}, batch_size))")
     lr: float = Field(_D.lr, gt=0, le=1, description="Adam learning rate of the displacement estimator")
+    lr_schedule: Literal[LR_SCHEDULES] = Field(  # type: ignore[valid-type]
+        _D.lr_schedule, description="the estimator's learning rate over its updates: constant, or cosine decay to 0")
     scoring_lr: float | None = Field(_D.scoring_lr, gt=0, le=1, description="of the AdaCS scoring network "
                                                                             "(null: the same as lr)")
     lam: float = Field(_D.lam, ge=0, le=1e6, description="smoothness weight λ")

@@ -72,3 +72,10 @@ def test_odd_ids_are_simply_not_found(api, job_id):
 def test_control_characters_in_a_dataset_name_are_422(api):
     response = api.client.post("/v1/datasets", data={"name": "a\x00b"}, files={"file": ("d.zip", b"PK\x05\x06")})
     assert response.status_code == 422 and response.json()["code"] == "invalid_request"
+
+
+def test_an_unknown_lr_schedule_is_422_naming_the_choices(api):
+    response = api.client.post("/v1/training-jobs", json=JOB | {"hyperparameters": {"lr_schedule": "step"}})
+    assert response.status_code == 422 and response.json()["errors"][0]["loc"] == ["body", "hyperparameters",
+                                                                                  "lr_schedule"]
+    assert "'constant' or 'cosine'" in response.json()["errors"][0]["msg"]
