@@ -40,7 +40,9 @@ from models.statistics import mean_std, paired_ttest_by_subject
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {1: "RV", 2: "MYO", 3: "LV"}
-STARTER = ROOT / "service" / "starter" / "acdc-voxelmorph-adacs"
+STARTER = ROOT / "service" / "starter" / "acdc-2d"
+# The first bundle (0.1.0) was replaced by acdc-2d; its row is kept from its cached evaluation (git history has it).
+STARTER_V1 = ROOT / "service" / "starter" / "acdc-voxelmorph-adacs"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Row:
 
 
 VANILLA = {"method": "none", "lr": 1e-3, "warmup_epochs": 20, "epochs": 20, "steps_per_epoch": 25}
+LONG = VANILLA | {"epochs": 100, "lr_schedule": "cosine"}  # 20 + 100 epochs of 25: 3000 updates
 LABELS_MYO = {"supervision": "labels", "labels": (MYOCARDIUM,), "label_weight": 0.3}
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("identity", "identity", "identity (no registration)"),
@@ -71,13 +74,23 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("labels-all", "learned", "VoxelMorph, vanilla + label term on RV, MYO, LV (w 0.3)",
         VANILLA | {"supervision": "labels", "label_weight": 0.3}),
     Row("pyramid", "learned", "pyramid (3 levels), vanilla", VANILLA, arch="pyramid"),
+    Row("pyramid-cosine", "learned", "pyramid, vanilla, cosine lr decay", VANILLA | {"lr_schedule": "cosine"},
+        arch="pyramid"),
+    Row("pyramid-long", "learned", "pyramid, vanilla, cosine, 3000 updates", LONG, arch="pyramid"),
+    Row("pyramid-long+refine", "learned", "pyramid, vanilla, cosine, 3000 updates, + 50 refinement steps",
+        model_of="pyramid-long", refine_steps=50),
     Row("pyramid-labels", "learned", "pyramid, vanilla + myocardium label term (w 0.3)", VANILLA | LABELS_MYO,
         arch="pyramid"),
+    Row("pyramid-labels-light", "learned", "pyramid, vanilla + myocardium label term (w 0.05)",
+        VANILLA | LABELS_MYO | {"label_weight": 0.05}, arch="pyramid"),
     Row("vanilla+refine", "learned", "VoxelMorph, vanilla, + 50 refinement steps", model_of="vanilla",
         refine_steps=50),
     Row("pyramid+refine", "learned", "pyramid, vanilla, + 50 refinement steps", model_of="pyramid",
         refine_steps=50),
-    Row("starter-v1", "artifact", "starter v1 (AdaCS, 1500 updates at lr 1e-4)", artifact=STARTER),
+    Row("starter-v1", "artifact", "starter v1, replaced (VoxelMorph, AdaCS, 1500 updates at lr 1e-4)",
+        artifact=STARTER_V1),
+    Row("starter", "artifact", "starter v2 as users get it (pyramid-long seed 0 + 50 refinement steps)",
+        artifact=STARTER, refine_steps=50),
 )}
 
 
