@@ -83,6 +83,10 @@ ROWS: dict[str, Row] = {r.name: r for r in (
         arch="pyramid"),
     Row("pyramid-labels-light", "learned", "pyramid, vanilla + myocardium label term (w 0.05)",
         VANILLA | LABELS_MYO | {"label_weight": 0.05}, arch="pyramid"),
+    Row("pyramid-long-labels", "learned", "pyramid, cosine, 3000 updates, + myocardium label term (w 0.05)",
+        LONG | LABELS_MYO | {"label_weight": 0.05}, arch="pyramid"),
+    Row("pyramid-long-labels+refine", "learned", "pyramid, cosine, 3000 updates, labels (w 0.05), + 50 refinement "
+        "steps", model_of="pyramid-long-labels", refine_steps=50),
     Row("vanilla+refine", "learned", "VoxelMorph, vanilla, + 50 refinement steps", model_of="vanilla",
         refine_steps=50),
     Row("pyramid+refine", "learned", "pyramid, vanilla, + 50 refinement steps", model_of="pyramid",

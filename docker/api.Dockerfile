@@ -39,6 +39,7 @@ RUN groupadd --system --gid 10001 adacs \
  && install -d -o adacs -g adacs /var/lib/adacs /var/lib/adacs/artifacts
 COPY --from=build /opt/venv /opt/venv
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/adacs-entrypoint
+COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/adacs-healthcheck
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -50,8 +51,8 @@ WORKDIR /app
 USER adacs:adacs
 EXPOSE 8000
 # Liveness only: /healthz answers without touching the database or the broker (compose's
-# healthcheck asks /readyz, which does).
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# healthcheck asks /readyz, which does, and also wants a live worker on each queue).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["adacs-healthcheck", "api", "--live"]
 ENTRYPOINT ["adacs-entrypoint"]
 CMD ["api"]

@@ -4,6 +4,8 @@
 #   worker   migrate the database, then run the Celery worker on WORKER_QUEUES
 #   beat     Celery beat: the reaper and retention schedules (one per deployment)
 #   migrate  only migrate the database (a one-off: `docker compose run --rm api migrate`)
+#   keys     migrate, then manage API keys: `docker compose run --rm api keys create --name me --scope admin`
+#            (python -m service.cli_keys; migrating first makes it work on a fresh volume, before any `up`)
 #   anything else is run as given, e.g. `adacs --help` or `bash`.
 # Every knob is an environment variable; docker/ENVIRONMENT.md lists them.
 set -euo pipefail
@@ -13,11 +15,14 @@ umask 077
 migrate() {
   # Safe at every start and from several containers at once: upgrade_database() holds a
   # database lock for the whole upgrade and does nothing when the schema is at head.
+  # Logged to stderr: stdout stays the command's own (`keys create` prints the key alone).
   python - <<'PY'
+import sys
+
 from service.core.config import get_settings
 from service.db.migrate import upgrade_database
 
-print("adacs: database schema at revision", upgrade_database(get_settings().database_url), flush=True)
+print("adacs: database schema at revision", upgrade_database(get_settings().database_url), file=sys.stderr, flush=True)
 PY
 }
 
@@ -57,13 +62,36 @@ case "$role" in
       --task-events "$@"
     ;;
   beat)
-    # Celery beat: the reaper (ADACS_REAPER_INTERVAL_S) and retention (ADACS_RETENTION_INTERVAL_S).
-    exec celery --app worker.celery_app:app beat \
-      --schedule /tmp/celerybeat-schedule --pidfile /tmp/celerybeat.pid \
-      --loglevel "${LOG_LEVEL:-info}" "$@"
+    # Celery beat: the reaper (ADACS_REAPER_INTERVAL_S) and retention (ADACS_RETENTION_INTERVAL_S),
+    # i.e. `celery --app worker.celery_app:app beat`, started from Python so that every task it
+    # publishes touches /tmp/celerybeat.sent: the health check (adacs-healthcheck beat) reads its
+    # age to tell a beat that sends from one that only runs.
+    exec python - --schedule /tmp/celerybeat-schedule --pidfile /tmp/celerybeat.pid \
+      --loglevel "${LOG_LEVEL:-info}" "$@" <<'PY'
+import sys
+from pathlib import Path
+
+from celery.signals import after_task_publish
+
+from worker.celery_app import app
+
+SENT_MARK = Path("/tmp/celerybeat.sent")
+
+
+@after_task_publish.connect(weak=False)
+def _mark_sent(**_):
+    SENT_MARK.touch()
+
+
+app.start(["beat", *sys.argv[1:]])
+PY
     ;;
   migrate)
     migrate
+    ;;
+  keys)
+    migrate
+    exec python -m service.cli_keys "$@"
     ;;
   *)
     exec "$role" "$@"

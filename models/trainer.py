@@ -114,7 +114,7 @@ class TrainConfig:
     val_max_pairs: int = 64
     picture_every: int = 0
     device: str = "cpu"
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    estimator: EstimatorConfig = field(default_factory=lambda: EstimatorConfig(arch=_D.arch))
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
 
     def __post_init__(self) -> None:

@@ -34,15 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="training data SPEC: synthetic[:k=v,...] or acdc-h5:PATH[:split]")
     t.add_argument("--val-data", help="validation data SPEC (default: the val split of acdc-h5 data, or "
                                       "a differently seeded phantom set for synthetic data; 'none' for none)")
-    t.add_argument("--arch", default="voxelmorph", help="displacement estimator: voxelmorph, transmorph, "
-                                                         "diffusemorph or pyramid (coarse-to-fine, LapIRN-like)")
+    d = TRAIN_DEFAULTS  # every training default, shared with the trainer and the API (models/defaults.py)
+    t.add_argument("--arch", default=d.arch, help="displacement estimator: pyramid (coarse-to-fine, LapIRN-like), "
+                                                  "voxelmorph, transmorph or diffusemorph (default: %(default)s)")
     t.add_argument("--arch-option", dest="arch_options", type=arch_option, action="append", default=[],
                    metavar="KEY=VALUE", help="an architecture size, e.g. embed_dim=48 or depths=[2,2,4] (JSON "
                                              "values; repeatable; see models/networks/*.py for the options)")
-    d = TRAIN_DEFAULTS  # every training default, shared with the trainer and the API (models/defaults.py)
-    t.add_argument("--method", default=d.method, help="training method: adacs; none (vanilla); the baselines nll, "
+    t.add_argument("--method", default=d.method, help="training method: none (vanilla); adacs; the baselines nll, "
                                                       "beta-nll, adareg, adaframe; the ablations adacs-scs-only "
-                                                      "(Eq. 3 alone) and adacs-no-tv (Eqs. 3-4)")
+                                                      "(Eq. 3 alone) and adacs-no-tv (Eqs. 3-4) (default: %(default)s)")
     t.add_argument("--epochs", type=int, default=d.epochs, help="epochs after the warm-up(s) (default: %(default)s)")
     t.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
                    help="optimiser updates per epoch (default: %(default)s)")
@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "training masks; on 2D cardiac slices the myocardium alone, 2, measured better)")
     t.add_argument("--no-bidir", action="store_true", help="train one direction only")
     t.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
-    t.add_argument("--enc", type=_ints, default=(16, 32, 32, 32), help="U-Net encoder features, e.g. 16,32,32,32")
-    t.add_argument("--dec", type=_ints, default=(32, 32, 32, 32, 32, 16, 16), help="U-Net decoder features")
+    t.add_argument("--enc", type=_ints, default=(16, 32, 32, 32),
+                   help="U-Net encoder features of voxelmorph (and of the AdaCS scoring / NLL variance networks), "
+                        "e.g. 16,32,32,32")
+    t.add_argument("--dec", type=_ints, default=(32, 32, 32, 32, 32, 16, 16), help="U-Net decoder features (as --enc)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--picture-every", type=int, default=0, help="write Fig. 4/5 PNGs every N epochs (0: never)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -306,7 +308,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         image.SetSpacing(pair.spacing_mm or (1.0, 1.0))
         sitk.WriteImage(image, str(inputs / f"{name}.nii.gz"))
     spec = "synthetic:dims=2,size=64,n=64,seed=0"
-    rc = main(["train", "--data", spec, "--method", "adacs", "--epochs", str(args.epochs), "--warmup-epochs", "2",
+    rc = main(["train", "--data", spec, "--arch", "voxelmorph", "--method", "adacs", "--epochs", str(args.epochs),
+               "--warmup-epochs", "2",
                "--steps-per-epoch", "10", "--batch-size", "8", "--enc", "16,32,32", "--dec", "32,32,32,16",
                "--lr", "1e-3",  # a demo budget of 80 updates: 1e-4 (the SPEC's) would barely move
                "--out", str(args.out / "run")])

@@ -357,11 +357,11 @@ def _add_train_remote(sub, common: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train-remote", parents=[common], help="queue a training on a server, on an uploaded dataset")
     t.add_argument("--dataset", required=True, help="dataset id (adacs datasets upload / list)")
     t.add_argument("--model-name", required=True, help="model to register the result as (a new version)")
-    t.add_argument("--arch", default="voxelmorph", help="voxelmorph, transmorph, diffusemorph or pyramid")
+    t.add_argument("--arch", help="pyramid, voxelmorph, transmorph or diffusemorph (default: the server's)")
     t.add_argument("--arch-option", dest="arch_options", type=arch_option, action="append", default=[],
                    metavar="KEY=VALUE", help="an architecture size (JSON value; repeatable), e.g. embed_dim=48")
-    t.add_argument("--method", default="adacs", help="adacs, none (vanilla), nll, beta-nll, adareg, adaframe, "
-                                                     "adacs-scs-only or adacs-no-tv")
+    t.add_argument("--method", help="none (vanilla), adacs, nll, beta-nll, adareg, adaframe, adacs-scs-only or "
+                                     "adacs-no-tv (default: the server's)")
     t.add_argument("--val-fraction", type=float, help="share of subjects held out for validation")
     for name, kind in HYPERPARAMETERS:
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, help="(default: the server's)")

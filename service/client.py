@@ -322,12 +322,12 @@ class AdacsClient:
 
     # -- training jobs -----------------------------------------------------------------------------------
 
-    def train(self, dataset_id: str, model_name: str, architecture: str = "voxelmorph", method: str = "adacs",
+    def train(self, dataset_id: str, model_name: str, architecture: str | None = None, method: str | None = None,
               hyperparameters: dict[str, Any] | None = None, val_fraction: float | None = None,
               architecture_options: dict[str, Any] | None = None) -> Job:
         """Queue a training of ``model_name`` on a dataset; hyperparameters left out take the server's defaults."""
-        body: dict[str, Any] = {"dataset_id": dataset_id, "model_name": model_name, "architecture": architecture,
-                                "method": method}
+        body: dict[str, Any] = {"dataset_id": dataset_id, "model_name": model_name}
+        body |= {key: value for key, value in (("architecture", architecture), ("method", method)) if value is not None}
         if architecture_options:
             body["architecture_options"] = architecture_options
         if hyperparameters:

@@ -4,6 +4,10 @@ Building the app reads no settings and opens nothing, so ``app`` below costs onl
 settings (``get_settings()`` unless given), the engine, the session factory and the artifact store
 are made in the lifespan, when a server starts the app, and reach requests as lifespan state.
 This module and everything it imports stay free of torch and of the worker (a test checks it).
+
+``/docs`` is Swagger UI served from the files of the ``swagger-ui-bundle`` package, not from a CDN:
+on a network with no way out (a hospital's) a CDN's page would stay blank. ReDoc, which FastAPI
+also loads from a CDN and no package ships for us, is left out.
 """
 
 from __future__ import annotations
@@ -11,10 +15,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response
+from swagger_ui_bundle import swagger_ui_path
 
 from service.api.auth import AuthMiddleware, route_rules
 from service.api.errors import install_error_handler
@@ -27,7 +36,11 @@ from service.db import make_engine, make_session_factory
 from service.storage import LocalArtifactStore
 from service.tasks import TaskSender
 
-__all__ = ["create_app", "operation_id", "app"]
+__all__ = ["create_app", "operation_id", "app", "DOCS_ASSETS"]
+
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's own files, under the page that loads them
+# The only files the page loads; nothing else of the package is served.
+SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
 
 def operation_id(route: APIRoute) -> str:
@@ -40,6 +53,30 @@ def _version() -> str:
         return version("adacs-registration")
     except PackageNotFoundError:  # running from a source tree that was never installed
         return "0+unknown"
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """``/docs`` and its files, as plain routes that declare no principal: public like FastAPI's own."""
+    files = {name: Path(str(swagger_ui_path)) / name for name in SWAGGER_UI_FILES}
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy that mounts the API below /
+        assets = f"{root}{DOCS_ASSETS}"
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url=f"{assets}/favicon-32x32.png",
+                                   # No online validator badge: it would send the schema out.
+                                   swagger_ui_parameters={"validatorUrl": None})
+
+    async def asset(request: Request) -> Response:
+        path = files.get(request.path_params["name"])
+        if path is None:
+            return Response(status_code=404)
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route(f"{DOCS_ASSETS}/{{name}}", asset, include_in_schema=False)
 
 
 def _lifespan(settings: Settings | None, inference_queue: str | None, training_queue: str | None):
@@ -65,7 +102,7 @@ def create_app(settings: Settings | None = None, *, inference_queue: str | None 
                training_queue: str | None = None) -> FastAPI:
     """The API. ``settings`` default to ``get_settings()``, read when the server starts the app;
     registrations go to ``inference_queue``, trainings to ``training_queue`` (default: the settings')."""
-    app = FastAPI(title="AdaCS registration", version=_version(),
+    app = FastAPI(title="AdaCS registration", version=_version(), docs_url=None, redoc_url=None,
                   lifespan=_lifespan(settings, inference_queue, training_queue),
                   generate_unique_id_function=operation_id,
                   description="Deformable registration of medical images with adaptive correspondence scoring "
@@ -74,6 +111,7 @@ def create_app(settings: Settings | None = None, *, inference_queue: str | None 
     routers = (health.router, models.router, registrations.router, datasets.router, training.router)
     for router in routers:
         app.include_router(router)  # no prefix here: routers carry theirs (see service.api.routes)
+    _add_offline_docs(app)
     install_error_handler(app)
     # Added innermost first: metrics see every answer; a key is checked before the body size, and
     # both before any body is read (401/403 come before 413 and before the body is parsed).

@@ -403,8 +403,8 @@ def test_resume_refuses_other_baseline_constants(pairs, tmp_path):
 def test_every_method_trains_through_the_cli(method, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", "synthetic:size=32,n=4,seed=0", "--val-data", "none", "--method", method,
-                 "--epochs", "1", "--warmup-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
-                 "--enc", "8,8", "--dec", "8,8,8", "--quiet", "--out", str(out)]) == 0
+                 "--arch", "voxelmorph", "--epochs", "1", "--warmup-epochs", "1", "--steps-per-epoch", "1",
+                 "--batch-size", "2", "--enc", "8,8", "--dec", "8,8,8", "--quiet", "--out", str(out)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == \
         (3 if METHODS[method].scoring is not None else 2)
     _check_artifact(out / "model", method, build_estimator(TINY), make_phantom_dataset(PhantomConfig(size=32, n=2)),

@@ -1,15 +1,19 @@
-"""The deployment: docker-compose.yml, the two Dockerfiles, their entrypoint and the one list of
-environment variables (docker/ENVIRONMENT.md).
+"""The deployment: docker-compose.yml, the Dockerfiles, their entrypoint and health checks, the GPU
+workers' generator, the smoke test and the one list of environment variables (docker/ENVIRONMENT.md).
 
 Static checks, so no Docker engine is needed: the compose file is read with PyYAML, the
-Dockerfiles instruction by instruction, the entrypoint with ``bash -n``. A missing file, service,
-health check, volume or documented variable fails; nothing here skips.
+Dockerfiles instruction by instruction, the scripts with ``bash -n``. A missing file, service,
+health check, volume or documented variable fails; nothing here skips. docker/smoke-test.sh, which
+CI runs after this suite, builds and runs the same files for real.
 """
 
+import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
+import time
 from functools import cache
 from pathlib import Path
 
@@ -24,11 +28,16 @@ COMPOSE = ROOT / "docker-compose.yml"
 API_DOCKERFILE = ROOT / "docker" / "api.Dockerfile"
 WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
+PROXY_DIR = ROOT / "docker" / "proxy"
+GPU_WORKERS = ROOT / "docker" / "gpu-workers.sh"
+SMOKE_TEST = ROOT / "docker" / "smoke-test.sh"
 ENVIRONMENT_MD = ROOT / "docker" / "ENVIRONMENT.md"
 
-SERVICES = ("redis", "postgres", "api", "worker", "worker-cpu", "beat", "flower")
-OUR_SERVICES = ("api", "worker", "worker-cpu")  # built from this repository's images
+SERVICES = ("redis", "postgres", "api", "worker", "worker-cpu", "beat", "flower", "proxy")
+OUR_SERVICES = ("api", "worker", "worker-cpu")  # run this repository's code on the artifact volume
 WORKERS = ("worker", "worker-cpu")
+PROFILES = {"worker": ["gpu"], "worker-cpu": ["cpu"], "proxy": ["tls"]}
 VOLUMES = ("artifacts", "postgres-data", "redis-data")
 ARTIFACT_DIR = "/var/lib/adacs/artifacts"
 
@@ -60,6 +69,12 @@ def environment(name: str) -> dict[str, str | None]:
     return {key: None if value is None else str(value) for key, value in env.items()}
 
 
+def default_of(value: str | None) -> str | None:
+    """What a compose value gives when the shell sets nothing: the default of ``${NAME:-default}``."""
+    match = re.fullmatch(r"\$\{[A-Z_]+:-([^}]*)\}", value or "")
+    return match.group(1) if match else value
+
+
 def as_words(command: str | list) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
 
@@ -70,8 +85,8 @@ def mounts(name: str) -> dict[str, str]:
     for volume in service(name).get("volumes") or []:
         if isinstance(volume, dict):
             targets[volume["target"]] = volume.get("source", "")
-        else:
-            source, target = volume.split(":")[:2]
+        else:  # SOURCE:TARGET[:MODE], where SOURCE may be ${NAME:-default}
+            source, target = re.match(r"(\$\{[^}]*\}|[^:]*):([^:]*)", volume).groups()
             targets[target] = source
     return targets
 
@@ -143,10 +158,14 @@ def test_compose_holds_every_service():
     assert missing == [], f"docker-compose.yml lacks services {missing}"
 
 
-def test_only_the_cpu_worker_sits_in_a_profile():
-    assert service("worker-cpu").get("profiles") == ["cpu"]
-    in_profiles = [name for name in SERVICES if name != "worker-cpu" and service(name).get("profiles")]
-    assert in_profiles == [], f"plain `docker compose up` must start {in_profiles}: give them no profile"
+def test_workers_and_the_proxy_sit_in_profiles_so_a_cpu_host_never_builds_cuda():
+    """`--profile cpu build` must not touch the GPU worker, whose CUDA base a CPU-only host cannot have."""
+    for name, profiles in PROFILES.items():
+        assert service(name).get("profiles") == profiles, f"{name!r} belongs in profile {profiles}"
+    in_profiles = [name for name in SERVICES if name not in PROFILES and service(name).get("profiles")]
+    assert in_profiles == [], f"every `docker compose --profile X up` must start {in_profiles}: give them no profile"
+    built = [name for name in SERVICES if "build" in service(name) and not service(name).get("profiles")]
+    assert built == ["api"], f"outside the profiles only api may be built, not {built}"
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -193,11 +212,45 @@ def test_postgres_health_check_is_pg_isready():
     assert "pg_isready" in " ".join(as_words(service("postgres")["healthcheck"]["test"]))
 
 
-def test_gpu_worker_reserves_an_nvidia_gpu_and_cpu_worker_none():
-    devices = (service("worker").get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices")
-    assert devices, "the GPU worker has no deploy.resources.reservations.devices"
-    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), devices
+def _gpu_devices(definition: dict) -> list[dict]:
+    return (definition.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices") or []
+
+
+def test_gpu_worker_is_pinned_to_one_gpu_with_one_process_and_cpu_worker_to_none():
+    devices = _gpu_devices(service("worker"))
+    assert len(devices) == 1, "the GPU worker reserves exactly one device entry"
+    device = devices[0]
+    assert device.get("driver") == "nvidia" and "gpu" in device.get("capabilities", []), device
+    # Pinned, not `count: 1`: N replicas of `count: 1` would all be given GPU 0.
+    assert device.get("device_ids") == ["0"] and "count" not in device, device
+    env = environment("worker")
+    assert env.get("WORKER_CONCURRENCY") == "1" and env.get("CUDA_VISIBLE_DEVICES") == "0", env
     assert "deploy" not in service("worker-cpu"), "the CPU worker must not reserve a GPU"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """PyYAML plus compose's ``!override`` and ``!reset`` tags (a list or mapping that replaces, not merges)."""
+
+
+_ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node)
+                               if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node))
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+@pytest.mark.parametrize(("argv", "ids"), [(["2"], ["0", "1"]), (["8"], [str(i) for i in range(8)]),
+                                           (["1", "3"], ["1", "3"])], ids=["2-gpus", "8-gpus", "subset"])
+def test_gpu_workers_script_writes_one_pinned_worker_per_gpu(argv, ids):
+    assert GPU_WORKERS.stat().st_mode & 0o111, "docker/gpu-workers.sh must be executable"
+    written = subprocess.run(["bash", str(GPU_WORKERS), *argv], capture_output=True, text=True, check=True).stdout
+    services = yaml.load(written, Loader=_ComposeLoader)["services"]
+    assert list(services)[0] == "worker", "the base file's worker takes the first GPU"
+    assert [_gpu_devices(definition)[0]["device_ids"] for definition in services.values()] == [[i] for i in ids]
+    for name, definition in list(services.items())[1:]:
+        assert name == f"worker-gpu{ids[list(services).index(name)]}"
+        assert definition["extends"] == {"file": "docker-compose.yml", "service": "worker"}
+    # `!override` replaces the base's device list instead of appending to it (two GPUs per worker).
+    assert "devices: !override" in written
+    assert subprocess.run(["bash", str(GPU_WORKERS), "0", "../1"], capture_output=True).returncode == 2
 
 
 def test_api_and_workers_share_settings_with_api_keys_on():
@@ -216,14 +269,34 @@ def test_settings_point_at_the_compose_services():
 
 def test_processes_ports_and_queues():
     assert as_words(service("api")["command"]) == ["api"]
-    assert any(str(port).endswith(":8000") for port in service("api").get("ports", []))
-    assert "/readyz" in " ".join(as_words(service("api")["healthcheck"]["test"]))
-    assert any(str(port).endswith(":5555") for port in service("flower").get("ports", []))
+    # Plain HTTP on this host only, unless the operator opens it (TLS goes in front: profile tls).
+    assert service("api").get("ports") == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]
+    assert as_words(service("api")["healthcheck"]["test"]) == ["CMD", "adacs-healthcheck", "api"]  # /readyz
+    assert service("flower").get("ports") == ["127.0.0.1:${FLOWER_PORT:-5555}:5555"]
     for name in WORKERS:
         assert as_words(service(name)["command"]) == ["worker"]
-        assert set((environment(name).get("WORKER_QUEUES") or "").split(",")) == {"inference", "training"}
-        check = " ".join(as_words(service(name)["healthcheck"]["test"]))
-        assert "inspect ping" in check and "celery@$$HOSTNAME" in check, check
+        queues = default_of(environment(name).get("WORKER_QUEUES"))
+        assert set((queues or "").split(",")) == {"inference", "training"}
+        assert as_words(service(name)["healthcheck"]["test"]) == ["CMD", "adacs-healthcheck", "worker"]
+
+
+def test_proxy_terminates_tls_in_front_of_the_api():
+    proxy = service("proxy")
+    assert proxy["build"] == {"context": "docker/proxy"}
+    assert any(str(port).endswith(":8443") for port in proxy.get("ports", []))
+    assert mounts("proxy").get("/etc/adacs-tls") == "${TLS_CERT_DIR:-proxy-tls}"
+    assert "proxy-tls" in (compose().get("volumes") or {})
+    assert proxy["depends_on"] == {"api": {"condition": "service_started"}}  # up even while workers are down
+    assert "https://127.0.0.1:8443/healthz" in as_words(proxy["healthcheck"]["test"])
+    conf = _read(PROXY_DIR / "nginx.conf")
+    for directive in ("listen 8443 ssl", "proxy_pass http://api:8000;", "proxy_set_header X-Forwarded-Proto https;",
+                      "proxy_request_buffering off;", "proxy_buffering off;", "client_max_body_size 0;"):
+        assert directive in conf, f"docker/proxy/nginx.conf lacks {directive!r}"
+    assert "/etc/adacs-tls/tls.crt" in conf and "/etc/adacs-tls/tls.key" in conf
+    assert [rest for word, rest in instructions(PROXY_DIR / "Dockerfile") if word == "FROM"] == ["${DEBIAN_IMAGE}"]
+    entrypoint = _read(PROXY_DIR / "entrypoint.sh")
+    assert "openssl req -x509" in entrypoint and "exec nginx" in entrypoint
+    assert subprocess.run(["sh", "-n", str(PROXY_DIR / "entrypoint.sh")]).returncode == 0
 
 
 def test_beat_runs_the_reaper_with_the_api_settings():
@@ -232,15 +305,67 @@ def test_beat_runs_the_reaper_with_the_api_settings():
     beat = {k: v for k, v in environment("beat").items() if k.startswith("ADACS_")}
     assert beat == {k: v for k, v in environment("api").items() if k.startswith("ADACS_")}
     entrypoint = _read(ROOT / "docker" / "entrypoint.sh")
-    assert "beat)" in entrypoint and "celery --app worker.celery_app:app beat" in entrypoint
-    assert "/tmp/celerybeat.pid" in " ".join(as_words(service("beat")["healthcheck"]["test"]))
+    block = entrypoint[entrypoint.index("  beat)"):entrypoint.index("  migrate)")]
+    # celery beat, started from Python with a hook that marks every publish for the health check.
+    assert 'app.start(["beat", *sys.argv[1:]])' in block and "from worker.celery_app import app" in block
+    assert "after_task_publish" in block and '"/tmp/celerybeat.sent"' in block
+    assert "--pidfile /tmp/celerybeat.pid" in block
+    assert as_words(service("beat")["healthcheck"]["test"]) == ["CMD", "adacs-healthcheck", "beat"]
+
+
+def _healthcheck_module():
+    spec = importlib.util.spec_from_file_location("adacs_healthcheck", HEALTHCHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_beat_health_check_wants_a_recent_publish(tmp_path, monkeypatch):
+    health = _healthcheck_module()
+    pid_file, mark = tmp_path / "celerybeat.pid", tmp_path / "celerybeat.sent"
+    monkeypatch.setattr(health, "BEAT_PID_FILE", pid_file)
+    monkeypatch.setattr(health, "BEAT_SENT_MARK", mark)
+    monkeypatch.setattr(health, "beat_deadline_s", lambda: 120.0)
+    with pytest.raises(SystemExit, match="no running beat"):
+        health.check_beat()
+    pid_file.write_text(f"{os.getpid()}\n")
+    assert "nothing due yet" in health.check_beat()  # started, no round due yet
+    with pytest.raises(SystemExit, match="published no task since it started"):
+        health.check_beat(now=time.time() + 121)
+    mark.touch()
+    assert "published 0 s ago" in health.check_beat()
+    with pytest.raises(SystemExit, match=r"published no task for 1\d\d s \(limit 120 s\)"):
+        health.check_beat(now=time.time() + 150)
+    assert health.main([]) == 2
+
+
+def test_beat_deadline_follows_the_shortest_schedule(monkeypatch):
+    from service.core.config import get_settings
+
+    monkeypatch.setenv("ADACS_REAPER_INTERVAL_S", "5")
+    get_settings.cache_clear()
+    try:
+        assert _healthcheck_module().beat_deadline_s() == 2 * 5 + 60
+    finally:
+        get_settings.cache_clear()
+
+
+def test_first_key_command_migrates_a_fresh_database_first():
+    """`docker compose run --rm api keys create ...` works before the first `up` ever migrated."""
+    entrypoint = _read(ENTRYPOINT)
+    block = entrypoint[entrypoint.index("  keys)"):]
+    block = block[:block.index(";;")]
+    assert block.split() == ["keys)", "migrate", "exec", "python", "-m", "service.cli_keys", '"$@"']
+    assert "file=sys.stderr" in entrypoint, "the migration's message must not mix with the printed key"
+    readme = _read(ROOT / "README.md")
+    assert "docker compose run --rm api keys create --name" in readme
 
 
 def test_services_use_the_right_images():
     assert service("api")["build"]["dockerfile"] == "docker/api.Dockerfile"
     assert service("worker")["build"]["dockerfile"] == "docker/worker.Dockerfile"
-    assert service("worker-cpu")["build"]["dockerfile"] == "docker/api.Dockerfile"
-    assert service("worker-cpu")["image"] == service("api")["image"]
+    # The CPU worker runs the API's image as built once: it has no build of its own.
+    assert "build" not in service("worker-cpu") and service("worker-cpu")["image"] == service("api")["image"]
     assert service("flower")["image"].startswith("mher/flower:")
 
 
@@ -248,15 +373,34 @@ def test_services_use_the_right_images():
 
 def test_every_variable_compose_uses_is_documented():
     used = interpolated(_read(COMPOSE))
-    for name in OUR_SERVICES:
+    for name in (*OUR_SERVICES, "beat", "proxy"):
         used |= set(environment(name))
-        build_args = service(name)["build"].get("args") or []
-        used |= set(build_args) if isinstance(build_args, dict) else {arg.split("=")[0] for arg in build_args}
+        used |= set(_build_args(name))
     assert used - set(documented()) == set(), "document these in docker/ENVIRONMENT.md"
+
+
+def _build_args(name: str) -> list[str]:
+    args = (service(name).get("build") or {}).get("args") or []
+    return list(args) if isinstance(args, dict) else [arg.split("=")[0] for arg in args]
+
+
+def _section(title: str) -> set[str]:
+    """The variables of one table of docker/ENVIRONMENT.md (the section headed ``## title...``)."""
+    text = _read(ENVIRONMENT_MD)
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return set(re.findall(r"^\|\s*`([A-Z][A-Z0-9_]*)`", text[start:end if end > 0 else None], re.MULTILINE))
+
+
+def test_every_documented_compose_variable_is_used():
+    used = interpolated(_read(COMPOSE)) | set(_build_args("worker"))
+    assert _section("Compose variables") - used == set(), "documented but docker-compose.yml never reads them"
 
 
 def test_every_variable_the_images_read_is_documented():
     used = {name for name in interpolated(_read(ENTRYPOINT)) if name.isupper()}
+    used |= {name for name in interpolated(_read(PROXY_DIR / "entrypoint.sh")) if name.isupper()}
+    used |= set(re.findall(r"os\.environ\.get\(\"([A-Z_]+)\"", _read(HEALTHCHECK)))
     for dockerfile in (API_DOCKERFILE, WORKER_DOCKERFILE):
         for word, rest in instructions(dockerfile):
             if word == "ENV":
@@ -281,15 +425,40 @@ def test_every_application_setting_is_documented_with_its_default():
                 f"{name}: docker/ENVIRONMENT.md says {docs[name]!r}, the code says {field.default!r}"
 
 
-def test_compose_passes_every_application_setting_it_does_not_rule_out():
-    """A setting is either given to api and workers, or its "In compose" cell says why not."""
-    env = environment("api")
-    for name in (f"ADACS_{field.upper()}" for field in Settings.model_fields):
+def test_every_application_setting_reaches_the_api_beat_and_every_worker():
+    """Set in `.env`, any ADACS_* setting arrives: none is silently dropped by the compose file."""
+    from worker.settings import WorkerSettings
+
+    names = {f"ADACS_{field.upper()}" for field in Settings.model_fields}
+    names |= {f"ADACS_WORKER_{field.upper()}" for field in WorkerSettings.model_fields}
+    assert names == _section("Application settings")
+    for name in (*OUR_SERVICES, "beat"):
+        missing = names - set(environment(name))
+        assert missing == set(), f"{name!r} does not get {sorted(missing)}: pass them through in docker-compose.yml"
+    for name in sorted(names):
         in_compose = table_rows()[name][1]
-        if in_compose in ("not set", "not used"):
-            assert name not in env, f"{name} is documented as {in_compose!r} but compose sets it"
-        else:
-            assert name in env, f"{name}: pass it through in docker-compose.yml or document it as not used"
+        fixed = environment("api")[name]
+        assert (in_compose == "passed through") == (fixed is None), f"{name}: ENVIRONMENT.md says {in_compose!r}"
+
+
+SERVICE_GROUPS = {"api": ["api"], "beat": ["beat"], "workers": ["worker", "worker-cpu"], "GPU workers": ["worker"],
+                  "worker-cpu": ["worker-cpu"], "proxy": ["proxy"]}
+
+
+def test_every_process_setting_reaches_the_services_its_row_names():
+    """"In compose" reads `services: passed through` or `services: `value``, parts joined by `;`."""
+    for name in sorted(_section("Process settings")):
+        for part in table_rows()[name][1].split(";"):
+            groups, _, how = part.strip().partition(": ")
+            for group in groups.split(", "):
+                assert group in SERVICE_GROUPS, f"{name}: unknown services {group!r} in ENVIRONMENT.md"
+                for target in SERVICE_GROUPS[group]:
+                    env = environment(target)
+                    assert name in env, f"{name} does not reach {target!r}, whose row in ENVIRONMENT.md names it"
+                    if how == "passed through":
+                        assert env[name] is None or env[name].startswith("${" + name + ":-"), (name, target)
+                    else:
+                        assert f"`{env[name]}`" == how, f"{name} on {target!r}: compose {env[name]!r}, doc {how}"
 
 
 def test_documented_build_argument_defaults_match_the_dockerfile():
@@ -332,6 +501,16 @@ def test_worker_image_is_cuda_with_a_cuda_torch_build():
     _torch_then_project(WORKER_DOCKERFILE, '--index-url "https://download.pytorch.org/whl/${TORCH_CUDA}"')
 
 
+def test_worker_image_builds_without_cuda_when_asked():
+    """TORCH_CUDA=cpu swaps the torch index, and the build's check follows the argument (CI builds it so)."""
+    runs = " ".join(_run_lines(WORKER_DOCKERFILE))
+    check = next(run for run in _run_lines(WORKER_DOCKERFILE) if "torch.version.cuda" in run)
+    assert "assert (torch.version.cuda is None) == cpu" in check and "cpu = sys.argv[1] == 'cpu'" in check
+    assert check.rstrip().endswith('"${TORCH_CUDA}"'), "the check must be given TORCH_CUDA"
+    # Python comes from apt only where the base has none (the CUDA image); python:* keeps its own.
+    assert "if ! python3 -m venv --help" in runs and "if ! command -v python3" in runs
+
+
 @pytest.mark.parametrize("path", [API_DOCKERFILE, WORKER_DOCKERFILE], ids=lambda p: p.name)
 def test_image_runs_as_the_shared_non_root_user(path):
     users = [rest for word, rest in instructions(path) if word == "USER"]
@@ -341,15 +520,22 @@ def test_image_runs_as_the_shared_non_root_user(path):
     assert "--uid 10001" in " ".join(_run_lines(path)), f"{path.name}: create the user with uid 10001"
 
 
-@pytest.mark.parametrize(("path", "probe"), [(API_DOCKERFILE, "/healthz"), (WORKER_DOCKERFILE, "inspect ping")],
+@pytest.mark.parametrize(("path", "probe"), [(API_DOCKERFILE, ["adacs-healthcheck", "api", "--live"]),
+                                           (WORKER_DOCKERFILE, ["adacs-healthcheck", "worker"])],
                          ids=["api", "worker"])
 def test_image_has_a_health_check(path, probe):
     checks = [rest for word, rest in instructions(path) if word == "HEALTHCHECK"]
     assert checks and "NONE" not in checks[-1].split(), f"{path.name} has no HEALTHCHECK"
-    assert probe in checks[-1], f"{path.name}: HEALTHCHECK should probe {probe!r}"
-    command = checks[-1].split(" CMD ", 1)[1].strip()
-    if command.startswith("["):  # exec form: Docker silently runs bad JSON as a shell string
-        json.loads(command)
+    # Exec form, parsed: Docker silently runs bad JSON as a shell string.
+    assert json.loads(checks[-1].split(" CMD ", 1)[1].strip()) == probe, f"{path.name}: HEALTHCHECK"
+    assert any(word == "COPY" and "docker/healthcheck.py /usr/local/bin/adacs-healthcheck" in rest
+               for word, rest in instructions(path)), f"{path.name} does not install docker/healthcheck.py"
+
+
+def test_health_check_script_runs_with_the_images_python():
+    assert HEALTHCHECK.read_text().startswith("#!/usr/bin/env python\n")
+    checked = subprocess.run(["python3", str(HEALTHCHECK)], capture_output=True, text=True)
+    assert checked.returncode == 2 and "usage: adacs-healthcheck {api|worker|beat}" in checked.stderr
 
 
 @pytest.mark.parametrize(("path", "role"), [(API_DOCKERFILE, "api"), (WORKER_DOCKERFILE, "worker")],
@@ -362,11 +548,25 @@ def test_image_starts_through_the_entrypoint(path, role):
     assert json.loads([rest for word, rest in steps if word == "CMD"][-1]) == [role]
 
 
-def test_entrypoint_is_executable_and_parses():
-    _read(ENTRYPOINT)
-    assert ENTRYPOINT.stat().st_mode & 0o111, "docker/entrypoint.sh must be executable (chmod +x)"
-    checked = subprocess.run(["bash", "-n", str(ENTRYPOINT)], capture_output=True, text=True)
+@pytest.mark.parametrize("path", [ENTRYPOINT, SMOKE_TEST, GPU_WORKERS, PROXY_DIR / "entrypoint.sh"],
+                         ids=lambda p: p.name)
+def test_scripts_are_executable_and_parse(path):
+    _read(path)
+    assert path.stat().st_mode & 0o111, f"{path.relative_to(ROOT)} must be executable (chmod +x)"
+    checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_ci_runs_the_smoke_test_after_the_suite():
+    text = _read(ROOT / ".ci" / "run")
+    suite, smoke = text.find("bash .ci/test"), text.find("bash docker/smoke-test.sh")
+    assert 0 <= suite < smoke, ".ci/run must run docker/smoke-test.sh after the test suite"
+    assert "../shared/tools/docker-offline/prepare.sh" in text, "CI here has no registry: prepare.sh first"
+    script = _read(SMOKE_TEST)
+    assert "down -v" in script and "trap " in script, "the smoke test must remove its stack and volumes"
+    assert "--scale worker-cpu=2" in script, "two CPU workers, to show jobs spread over them"
+    for step in ("docker kill", "restart redis", "keys create", "TORCH_CUDA=cpu"):
+        assert step in script, f"docker/smoke-test.sh lacks the step {step!r}"
 
 
 def test_entrypoint_starts_the_right_processes():
@@ -402,8 +602,8 @@ def test_the_installed_package_carries_the_starter_model_and_migrations():
     assert line, "pyproject.toml has no [tool.setuptools.package-data] entry for service"
     data = re.findall(r'"([^"]+)"', line.group(1))
     service_dir = ROOT / "service"
-    for needed in ("alembic.ini", "starter/acdc-voxelmorph-adacs/model.safetensors",
-                   "starter/acdc-voxelmorph-adacs/config.json", "starter/acdc-voxelmorph-adacs/card.json"):
+    for needed in ("alembic.ini", "starter/acdc-2d/model.safetensors",
+                   "starter/acdc-2d/config.json", "starter/acdc-2d/card.json"):
         assert (service_dir / needed).is_file(), needed
         assert any((service_dir / needed).match(str(service_dir / pattern)) for pattern in data), needed
     entrypoint = _read(ROOT / "docker" / "entrypoint.sh")

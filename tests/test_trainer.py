@@ -305,8 +305,12 @@ def test_training_defaults_come_from_one_place():
     trainer = TrainConfig()
     api = TrainingHyperparameters()
     cli = build_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])
+    assert trainer.estimator.arch == api_job_defaults()["architecture"] == cli.arch == TRAIN_DEFAULTS.arch
+    assert api_job_defaults()["method"] == TRAIN_DEFAULTS.method
     for f in fields(TRAIN_DEFAULTS):
         expected = getattr(TRAIN_DEFAULTS, f.name)
+        if f.name == "arch":
+            continue  # the estimator's config holds it (checked above)
         assert getattr(trainer, f.name) == expected, f.name
         if f.name in TrainingHyperparameters.model_fields and f.name != "micro_batch_size":
             assert getattr(api, f.name) == (list(expected) if isinstance(expected, tuple) else expected), f.name
@@ -351,3 +355,9 @@ def test_cosine_schedule_sets_each_update_and_survives_a_resume(pairs, tmp_path,
     constant = train(replace(cfg, lr_schedule="constant"), pairs, tmp_path / "constant")
     assert not all(torch.equal(a, b) for a, b in zip(full.estimator.state_dict().values(),
                                                      constant.estimator.state_dict().values()))
+
+
+def api_job_defaults() -> dict:
+    from service.api.schemas import TrainingJobCreate
+
+    return TrainingJobCreate(dataset_id="d", model_name="m").model_dump()

@@ -1,8 +1,17 @@
-"""Readiness checks: can this process serve requests that touch the database, the broker and the store?
+"""Readiness checks: can this process serve requests that touch the database, the broker and the store,
+and is a worker there to run what it queues?
 
 Each check is a blocking function that returns what it verified or raises with the reason. They
 run concurrently in threads, each under a timeout, so a dead dependency answers 503 within a few
 seconds instead of hanging the orchestrator's probe.
+
+Workers are found two ways, because neither alone covers every pool. Celery's broadcast
+``inspect active_queues`` reaches every worker's main process through the broker (Redis pub/sub,
+or the embedded filesystem transport's fanout) and each answers with the queues it consumes; a
+prefork worker answers even while its pool runs a training. A ``--pool solo`` worker (``adacs
+serve``, the tests) runs its task in the process that would answer, so a running job whose
+heartbeat is fresh counts as a live worker on its kind's queue too. A queue with neither is named
+in the 503: jobs sent there would wait until a worker starts.
 """
 
 from __future__ import annotations
@@ -12,19 +21,26 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import Engine, text
+from celery import Celery
+from sqlalchemy import Engine, func, select, text
 
 from service.api.schemas import CheckPublic
 from service.core.config import Settings
-from service.db import current_revision, head_revision
+from service.db import Job, JobKind, JobStatus, current_revision, head_revision, session_scope, utcnow
+from service.tasks import TaskSender
 
-__all__ = ["check_database", "check_broker", "check_store", "run_checks", "redact"]
+__all__ = ["check_database", "check_broker", "check_store", "check_workers", "live_workers", "busy_queues",
+           "run_checks", "redact"]
 
 TIMEOUT_S = 3.0
+# How long the broadcast waits for workers' answers: every answer that comes in this window counts,
+# so it is also what a ready /readyz costs. A worker's main process answers in milliseconds.
+WORKER_REPLY_S = 1.5
 
 
 def redact(url: str) -> str:
@@ -87,6 +103,44 @@ def check_broker(settings: Settings) -> str:
 def check_store(artifact_dir: Path) -> str:
     _check_writable(artifact_dir / "tmp")
     return f"artifact store {artifact_dir} writable"
+
+
+def live_workers(celery: Celery, timeout_s: float = WORKER_REPLY_S) -> dict[str, list[str]]:
+    """Queue -> node names of the workers that answered the broadcast within ``timeout_s``, consuming it."""
+    replies = celery.control.inspect(timeout=timeout_s).active_queues() or {}
+    by_queue: dict[str, list[str]] = {}
+    for node, queues in sorted(replies.items()):
+        for queue in queues or []:
+            by_queue.setdefault(queue["name"], []).append(node)
+    return by_queue
+
+
+def busy_queues(engine: Engine, queue_of: dict[JobKind, str], stale_s: float) -> dict[str, int]:
+    """Queue -> running jobs whose heartbeat is younger than ``stale_s`` (the reaper's own limit)."""
+    cutoff = utcnow() - timedelta(seconds=stale_s)
+    with session_scope(engine) as session:
+        rows = session.execute(select(Job.kind, func.count()).where(Job.status == JobStatus.RUNNING,
+                                                                    Job.heartbeat_at >= cutoff)
+                               .group_by(Job.kind)).all()
+    return {queue_of[kind]: count for kind, count in rows}
+
+
+def _describe(queue: str, nodes: list[str], running: int) -> str:
+    found = [*nodes, *([f"{running} running job(s)"] if running else [])]
+    return f"{queue!r}: {', '.join(found)}"
+
+
+def check_workers(tasks: TaskSender, engine: Engine, stale_s: float) -> str:
+    """Every queue the API sends to has a worker that answered, or one busy with a fresh heartbeat."""
+    queue_of = {JobKind.REGISTRATION: tasks.inference_queue, JobKind.TRAINING: tasks.training_queue}
+    answered, running = live_workers(tasks.app), busy_queues(engine, queue_of, stale_s)
+    queues = list(dict.fromkeys(queue_of.values()))  # one entry when both kinds share a queue
+    missing = [queue for queue in queues if not answered.get(queue) and not running.get(queue)]
+    if missing:
+        names = " and ".join(repr(queue) for queue in missing)
+        raise RuntimeError(f"no live worker consumes queue {names} (none answered within {WORKER_REPLY_S} s "
+                           "and none is running a job): jobs sent there wait until a worker starts")
+    return "; ".join(_describe(queue, answered.get(queue, []), running.get(queue, 0)) for queue in queues)
 
 
 async def _timed(check: Callable[[], str]) -> CheckPublic:

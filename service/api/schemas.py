@@ -55,7 +55,8 @@ class CheckPublic(BaseModel):
 
 class ReadinessPublic(BaseModel):
     ready: bool
-    checks: dict[str, CheckPublic] = Field(description="per dependency: 'database', 'broker', 'artifact_store'")
+    checks: dict[str, CheckPublic] = Field(description="per dependency: 'database', 'broker', 'artifact_store', "
+                                                       "'workers' (a live worker on every queue)")
 
 
 class ModelVersionSummary(BaseModel):
@@ -250,12 +251,12 @@ class TrainingJobCreate(BaseModel):
     dataset_id: str = Field(max_length=64, description="a ready dataset of this key (its id)")
     model_name: str = Field(max_length=128, description="registry name the trained estimator is registered under "
                                                         "(a new version of this key's model, or a new model)")
-    architecture: str = Field("voxelmorph", max_length=64, description="displacement estimator")
+    architecture: str = Field(_D.arch, max_length=64, description="displacement estimator")
     architecture_options: dict[str, OptionValue] = Field(
         default_factory=dict, max_length=MAX_OPTIONS,
         description="sizes of the architecture, e.g. {'embed_dim': 48} for transmorph (see models/networks/*.py); "
                     "unknown keys fail the job")
-    method: str = Field("adacs", max_length=64, description="adacs, or a baseline (none = vanilla)")
+    method: str = Field(_D.method, max_length=64, description="none (vanilla, the default), adacs, or a baseline")
     hyperparameters: TrainingHyperparameters = Field(default_factory=TrainingHyperparameters)
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects held out for validation Dice")
 

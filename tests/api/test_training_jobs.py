@@ -34,7 +34,8 @@ def test_create_read_list(server, dataset_id: str) -> None:
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["location"] == job["url"] and job["status"] == "queued"
-    assert job["architecture"] == "voxelmorph" and job["method"] == "none" and job["model_version"] is None
+    assert job["architecture"] == TRAIN_DEFAULTS.arch == "pyramid" and job["method"] == "none"
+    assert job["model_version"] is None
     assert job["hyperparameters"]["steps_per_epoch"] == 2 and job["hyperparameters"]["lr"] == TRAIN_DEFAULTS.lr
     assert job["events_url"] == job["url"] + "/events"
     assert server.client.get(job["url"]).json()["id"] == job["id"]

@@ -266,8 +266,8 @@ def test_adacs_train_remote_wait_and_cancel(contract, capsys):
     assert adacs(argv) == 0
     out, err = capsys.readouterr()
     assert out.strip() == "t-full" and "succeeded: model heart:1" in err and "m_t=0.9" in err
-    assert contract.seen["train"] == {"dataset_id": "ds-1", "model_name": "heart", "architecture": "voxelmorph",
-                                      "method": "adacs", "val_fraction": 0.25,
+    # --arch and --method left out: the server's defaults apply (the body does not restate them).
+    assert contract.seen["train"] == {"dataset_id": "ds-1", "model_name": "heart", "val_fraction": 0.25,
                                       "hyperparameters": {"epochs": 2, "lr": 0.001, "bidir": False, "crop": 64}}
     assert adacs(["wait", "t-drop", "--server", contract.url, "--json"]) == 0  # not a registration: a training
     assert json.loads(capsys.readouterr().out)["model_version"] == "heart:1"
