@@ -24,11 +24,14 @@ Where a default departs from the SPEC, and why (numbers from benchmarks/LOG.md a
 
 Label-assisted training (``supervision = "labels"``) adds ``label_weight`` times a soft Dice between
 the fixed mask and the warped moving mask over ``labels``. ``labels = None`` means every foreground
-label present, the only choice that suits any dataset's label numbering. On 2D ACDC slices a quick
-trial (issue 12: vanilla recipe, 1000 updates, one seed) measured val myocardium DSC 81.1 without
-the term, 80.2 with all three labels (weight 0.1 or 1) and 82.5 with the myocardium alone at weight
-0.3: through-plane motion makes a slice's RV and LV masks disagree between frames. So the default
-weight is the one measured to help, and 2D cardiac users should pass ``labels=(2,)``.
+label present, the only choice that suits any dataset's label numbering. Its weight is measured
+against the image term's scale (an MSE of normalised intensities, ~0.003 once trained): on ACDC val
+(``benchmarks/results/accuracy_frontier.md``, pyramid, 1000 updates, myocardium label) weight 0.05
+gained +1.2 DSC over two seeds (83.6 vs 82.4) while 0.3 lost 0.8 (VoxelMorph: −1.7): at 0.3 the
+term outweighs the images many times over and the field bends the neighbouring structures to fit
+one mask. The issue's trial also found that all three ACDC labels hurt on 2D slices (through-plane
+motion makes a slice's RV and LV masks disagree between frames), so 2D cardiac users should pass
+``labels=(2,)``.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class TrainDefaults:
     bidir: bool = True
     seed: int = 0
     supervision: str = "none"
-    label_weight: float = 0.3
+    label_weight: float = 0.05
     labels: tuple[int, ...] | None = None  # None: every foreground label present in the training masks
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.data.synthetic import BLOOD_POOL, PhantomConfig, make_phantom_dataset, make_phantom_pair
-from models.defaults import SUPERVISIONS
+from models.defaults import SUPERVISIONS, TRAIN_DEFAULTS
 from models.losses import one_hot_labels, soft_dice_loss
 from models.networks.estimator import ARCHITECTURES, Deformation, EstimatorConfig, build_estimator
 from models.networks.scoring import ScoringNet
@@ -184,7 +184,7 @@ def test_label_supervised_training_runs_and_is_recorded(pairs, tmp_path, method)
     assert all("label_dice" not in h for h in result.history if h["phase"] == PHASE_WARMUP_SCORING)
     card = json.loads((tmp_path / "model" / "card.json").read_text(encoding="utf-8"))
     assert card["supervision"]["kind"] == "labels" and card["supervision"]["labels"] == [MYO]
-    assert card["supervision"]["label_weight"] == 0.3
+    assert card["supervision"]["label_weight"] == TRAIN_DEFAULTS.label_weight == 0.05
     assert card["hyperparameters"]["supervision"] == "labels" and card["hyperparameters"]["labels"] == [MYO]
 
 
