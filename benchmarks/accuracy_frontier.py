@@ -93,7 +93,7 @@ ROWS: dict[str, Row] = {r.name: r for r in (
         refine_steps=50),
     Row("starter-v1", "artifact", "starter v1, replaced (VoxelMorph, AdaCS, 1500 updates at lr 1e-4)",
         artifact=STARTER_V1),
-    Row("starter", "artifact", "starter v2 as users get it (pyramid-long seed 0 + 50 refinement steps)",
+    Row("starter", "artifact", "starter v2 as users get it (pyramid-long-labels seed 0 + 50 refinement steps)",
         artifact=STARTER, refine_steps=50),
 )}
 

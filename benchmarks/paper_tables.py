@@ -51,7 +51,8 @@ from models.artifact import load_artifact, write_json_atomic
 from models.data.pairs import PairSample
 from models.data.spec import load_pairs
 from models.evaluate import evaluate_disps, evaluate_model
-from models.networks.estimator import ARCHITECTURES, EstimatorConfig
+from models.networks.estimator import EstimatorConfig
+from models.networks.registry import ARCHITECTURES
 from models.objectives import METHODS
 from models.statistics import mean_std, paired_ttest, paired_ttest_by_subject
 from models.trainer import PHASE_WARMUP_SCORING, TrainConfig, phase_of_epoch, total_epochs, train

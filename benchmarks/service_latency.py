@@ -77,7 +77,8 @@ from models.intensity import IntensityConfig
 from models.io.image import LABEL, SCALAR
 from models.io.readers import read_image
 from models.io.writers import write_image
-from models.networks.estimator import EstimatorConfig, build_estimator
+from models.networks.estimator import EstimatorConfig
+from models.networks.registry import build_estimator
 from models.register import register_images
 
 ROOT = Path(__file__).resolve().parents[1]
