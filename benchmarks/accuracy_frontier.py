@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.artifact import load_artifact, write_json_atomic
+from models.artifact import load_artifact
 from models.data.pairs import MYOCARDIUM, PairSample
 from models.data.spec import load_pairs
 from models.evaluate import pair_metrics
 from models.inference import warp_labels
+from models.io.atomic import write_json_atomic
 from models.metrics import dice, jacobian_determinant
 from models.statistics import mean_std, paired_ttest_by_subject
 
@@ -69,6 +70,10 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ants-syn", "classical", "ANTs SyN (SyNCC)"),
     Row("vanilla", "learned", "VoxelMorph, vanilla (Eq. 1)", VANILLA),
     Row("adacs", "learned", "VoxelMorph, AdaCS", VANILLA | {"method": "adacs", "scoring_lr": 1e-4}),
+    Row("adacs-alpha02", "learned", "VoxelMorph, AdaCS, α 0.2 (scores held nearer 1)",
+        VANILLA | {"method": "adacs", "scoring_lr": 1e-4, "alpha": 0.2}),
+    Row("adacs-slr3e-4", "learned", "VoxelMorph, AdaCS, scoring lr 3e-4",
+        VANILLA | {"method": "adacs", "scoring_lr": 3e-4}),
     Row("labels-myo", "learned", "VoxelMorph, vanilla + myocardium label term (w 0.3)",
         VANILLA | LABELS_MYO),
     Row("labels-all", "learned", "VoxelMorph, vanilla + label term on RV, MYO, LV (w 0.3)",

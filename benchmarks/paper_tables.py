@@ -24,6 +24,8 @@ written atomically. A rerun skips finished runs, resumes unfinished ones from th
 rewrites the tables after every run, so a partial matrix renders ("–" where a run is missing).
 ``--dry-run`` lists the plan and each run's state; ``--estimate`` times a few updates of every
 (arch, method) and projects the hours the budget would take. Prints the tables, then one JSON line.
+This file parses the command line and runs the plan; ``paper_tables_plan.py`` says what the runs are,
+``paper_tables_render.py`` writes the tables.
 
     python benchmarks/paper_tables.py --acdc ../shared/data/acdc --estimate
 """
@@ -32,49 +34,50 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from adacs_vs_vanilla import data_specs, fmt, seconds_per_update
+from adacs_vs_vanilla import seconds_per_update
+from paper_tables_plan import (
+    ABLATION_METHODS,
+    DATASETS,
+    MAIN_METHODS,
+    Data,
+    Run,
+    load_data,
+    machine,
+    plan,
+    train_config,
+)
+from paper_tables_render import Results, cell, nuisance_groups, paired, render, seed_averaged
 
-from models.artifact import load_artifact, write_json_atomic
+from models.artifact import load_artifact
 from models.data.pairs import PairSample
-from models.data.spec import load_pairs
 from models.evaluate import evaluate_disps, evaluate_model
-from models.networks.estimator import EstimatorConfig
+from models.io.atomic import atomic_write, write_json_atomic
 from models.networks.registry import ARCHITECTURES
-from models.objectives import METHODS
-from models.statistics import mean_std, paired_ttest, paired_ttest_by_subject
 from models.trainer import PHASE_WARMUP_SCORING, TrainConfig, phase_of_epoch, total_epochs, train
 
-DATASETS = ("acdc", "synthetic")
-MAIN_METHODS = ("none", "adacs", "nll", "beta-nll", "adareg", "adaframe")
-ABLATION_METHODS = ("adacs-scs-only", "adacs-no-tv")
-FIRST = ("none", "adacs")  # trained first in every (dataset, arch): the headline comparison
-# Table 3's rows: method and the scoring objective it trains (none: the vanilla reference).
-ABLATION_ROWS = (("none", "vanilla (reference)"), ("adacs-scs-only", "L_scs"), ("adacs-no-tv", "L_scs + α·L_reg"),
-                 ("adacs", "L_scs + α·L_reg + L_tv (AdaCS)"))
-TESTED = ("dsc", "hd", "asd")  # Table 2's metrics (the paper's)
-PAIR_KEYS = ("dsc", "dsc_paper", "hd", "asd", "folding_pct", "epe", "epe_myo")
-PAPER_ACDC_DSC = {"voxelmorph": (79.48, 80.50), "transmorph": (76.94, 78.39), "diffusemorph": (67.38, 72.09)}
-ESTIMATOR_FIELDS = ("enc", "dec", "int_steps", "int_downsize")  # --arch-option keys set on EstimatorConfig
+# The script's names other code uses; compare_runs.py and the tests reach the table helpers through here.
+__all__ = ["Run", "cell", "main", "nuisance_groups", "paired", "parse_args", "plan", "seed_averaged", "train_config"]
+
 UNCOMPARED = ("picture_every", "device", "val_max_pairs")  # settings that do not change the trained model
 
 
 # --- command line --------------------------------------------------------------------------------------
 
 
-def _names(allowed: tuple[str, ...] | dict):
+def _names(allowed: tuple[str, ...] | dict) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names from ``allowed``, repeats dropped, order kept."""
+
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
         unknown = [n for n in names if n not in allowed]
@@ -85,6 +88,7 @@ def _names(allowed: tuple[str, ...] | dict):
 
 
 def _seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``, repeats dropped (a seed twice would count one run twice)."""
     try:
         return list(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
     except ValueError:
@@ -104,7 +108,7 @@ def _arch_option(text: str) -> tuple[str, str, object]:
         return arch, key.strip(), value
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", type=_names(DATASETS), default=list(DATASETS))
     p.add_argument("--acdc", type=Path, help="SSL4MIS ACDC folder (train split to train, val to evaluate)")
@@ -149,6 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The refusals argparse cannot express, as usage errors before any data is loaded."""
     if "acdc" in args.datasets and args.acdc is None:
         p.error("--datasets includes acdc: give its folder with --acdc (or --datasets synthetic)")
     if not args.datasets or not args.archs or not args.seeds or not (args.methods or args.ablation):
@@ -163,92 +168,27 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--val-max-pairs must be >= 0 and --eval-max-pairs >= 2 (a paired test needs two pairs)")
 
 
-# --- the plan ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    dataset: str
-    arch: str
-    method: str
-    seed: int
-
-    def folder(self, work: Path) -> Path:
-        return work / self.dataset / self.arch / self.method / f"seed{self.seed}"
-
-    def __str__(self) -> str:
-        return f"{self.dataset}/{self.arch}/{self.method}/seed{self.seed}"
-
-
-def ablation_archs(args) -> list[str]:
-    return [a for a in args.archs if a in args.ablation_archs] if args.ablation else []
-
-
-def arch_methods(args, arch: str) -> list[str]:
-    """The methods trained for ``arch``, headline pair first, then the others, then the ablation."""
-    methods = list(args.methods) + (["none", "adacs", *args.ablation] if arch in ablation_archs(args) else [])
-    return list(dict.fromkeys([m for m in FIRST if m in methods] + methods))
-
-
-def plan(args) -> list[Run]:
-    """Every run, in an order that fills useful tables early: seed 0 of everything before seed 1."""
-    return [Run(d, a, m, s) for s in args.seeds for d in args.datasets for a in args.archs
-            for m in arch_methods(args, a)]
-
-
-@dataclass
-class Data:
-    name: str
-    train_spec: str
-    eval_spec: str
-    train: list[PairSample]
-    eval: list[PairSample]
-
-    @property
-    def key(self) -> dict:
-        """What a finished run must have been trained and evaluated on to count as finished."""
-        return {"train": self.train_spec, "eval": self.eval_spec, "n_eval_pairs": len(self.eval)}
-
-
-def load_data(args, name: str) -> Data:
-    # The data do not depend on the training seed: every seed trains and is scored on the same pairs.
-    fixed = argparse.Namespace(datasets=[name], acdc=args.acdc, synthetic=args.synthetic, seed=0)
-    train_spec, eval_spec = data_specs(fixed)[name]
-    eval_pairs = load_pairs(eval_spec)[: args.eval_max_pairs]
-    return Data(name, train_spec, eval_spec, load_pairs(train_spec), eval_pairs)
-
-
-def train_config(args, run: Run, ndim: int) -> TrainConfig:
-    options = {key: value for arch, key, value in args.arch_options if arch == run.arch}
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k in ESTIMATOR_FIELDS}
-    estimator = EstimatorConfig(arch=run.arch, ndim=ndim, **fields,
-                                options={k: v for k, v in options.items() if k not in ESTIMATOR_FIELDS})
-    scoring = METHODS[run.method].scoring is not None
-    cfg = TrainConfig(method=run.method, alpha=args.alpha if scoring else TrainConfig.alpha, epochs=args.epochs,
-                      warmup_epochs=args.warmup_epochs, steps_per_epoch=args.steps_per_epoch,
-                      batch_size=args.batch_size, micro_batch_size=args.micro_batch_size or args.batch_size,
-                      lr=args.lr, scoring_lr=args.scoring_lr, seed=run.seed, val_max_pairs=args.val_max_pairs,
-                      lam=args.lam, estimator=estimator)
-    return replace(cfg, picture_every=0 if args.no_pictures else total_epochs(cfg))  # the last epoch's panel
-
-
 # --- running -------------------------------------------------------------------------------------------
 
 
 def _read_json(path: Path) -> dict | None:
+    """The file's JSON, or None where a run has not written it yet."""
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _comparable(config: dict) -> dict:
+    """A config as ``run.json`` holds it (tuples as lists), less what does not change the trained model."""
     return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in UNCOMPARED}
 
 
 def is_finished(record: dict | None, cfg: TrainConfig, data: Data) -> bool:
+    """Finished on these data with these settings: a rerun skips it; anything else is trained (again)."""
     return bool(record and record.get("finished") and record.get("data") == data.key
                 and _comparable(record["train_config"]) == _comparable(cfg.to_dict()))
 
 
 def run_state(run: Run, cfg: TrainConfig, data: Data, work: Path) -> str:
+    """What a rerun would do with ``run``, in words, for ``--dry-run`` and the progress lines."""
     folder = run.folder(work)
     record = _read_json(folder / "run.json")
     if is_finished(record, cfg, data):
@@ -259,12 +199,9 @@ def run_state(run: Run, cfg: TrainConfig, data: Data, work: Path) -> str:
     return "stale: finished with other settings" if record else "to do"
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+def _progress(run: Run) -> Callable[[object], None]:
+    """The trainer's callback: one line per epoch, so a long matrix's log shows where it is."""
 
-
-def _progress(run: Run):
     def log(event) -> None:
         if event.kind == "epoch":
             val = f" val DSC {event.val['val_dice']:.1f}" if "val_dice" in event.val else ""
@@ -273,7 +210,7 @@ def _progress(run: Run):
     return log
 
 
-def run_one(run: Run, cfg: TrainConfig, data: Data, args) -> dict:
+def run_one(run: Run, cfg: TrainConfig, data: Data, args: argparse.Namespace) -> dict:
     """Train (resuming from the checkpoint), evaluate on the held-out pairs, write report and run.json."""
     folder = run.folder(args.work)
     last = _read_json(folder / "checkpoints" / "last.json")
@@ -313,7 +250,7 @@ def identity_report(data: Data, work: Path) -> dict:
     return report
 
 
-def collect(runs: list[Run], configs: dict[Run, TrainConfig], data: dict[str, Data], work: Path) -> dict:
+def collect(runs: list[Run], configs: dict[Run, TrainConfig], data: dict[str, Data], work: Path) -> Results:
     """``{run: (run.json, report.json)}`` of the finished runs of the plan."""
     out = {}
     for run in runs:
@@ -360,242 +297,17 @@ def estimate(runs: list[Run], configs: dict[Run, TrainConfig], data: dict[str, D
     return rows
 
 
-# --- tables --------------------------------------------------------------------------------------------
-
-Found = list[tuple[dict, dict]]  # (run.json, report.json) of the finished seeds of one cell, by seed
-
-
-def found(results: dict, dataset: str, arch: str, method: str) -> Found:
-    return sorted((v for r, v in results.items() if (r.dataset, r.arch, r.method) == (dataset, arch, method)),
-                  key=lambda pair: pair[0]["seed"])
-
-
-def seed_averaged(reports: list[dict]) -> list[dict]:
-    """Each pair's metrics averaged over the seeds' reports (pairs matched by ``pair_id``)."""
-    by_id = [{p["pair_id"]: p for p in report["pairs"]} for report in reports]
-    rows = []
-    for pair in reports[0]["pairs"]:
-        same = [ids[pair["pair_id"]] for ids in by_id if pair["pair_id"] in ids]
-        if len(same) == len(reports):
-            rows.append({"pair_id": pair["pair_id"], "subject_id": pair["subject_id"],
-                         **{k: mean_std([p[k] for p in same])[0] for k in PAIR_KEYS if k in pair}})
-    return rows
-
-
-def cell(rows: list[dict], key: str) -> str:
-    values = [row[key] for row in rows if key in row]
-    return fmt(*mean_std(values)) if values else "–"
-
-
-def paired(a_rows: list[dict], b_rows: list[dict], key: str):
-    """Tests of ``a`` against ``b`` on their common pairs: per pair, then over per-subject means."""
-    b_by_id = {row["pair_id"]: row for row in b_rows}
-    common = [row for row in a_rows if key in row and key in b_by_id.get(row["pair_id"], {})]
-    x, y = [row[key] for row in common], [b_by_id[row["pair_id"]][key] for row in common]
-    subjects = [row["subject_id"] for row in common]
-    return paired_ttest(x, y), paired_ttest_by_subject(x, y, subjects)
-
-
-def common_seed_rows(a: Found, b: Found) -> tuple[list[int], list[dict], list[dict]]:
-    seeds = sorted({rec["seed"] for rec, _ in a} & {rec["seed"] for rec, _ in b})
-    pick = lambda cell_runs: seed_averaged([rep for rec, rep in cell_runs if rec["seed"] in seeds])  # noqa: E731
-    return seeds, (pick(a) if seeds else []), (pick(b) if seeds else [])
-
-
-def _mean(values: list[float], spec: str) -> str:
-    values = [v for v in values if v is not None]
-    return format(statistics.fmean(values), spec) if values else "–"
-
-
-def table1(name: str, results: dict, args, identity: dict) -> list[str]:
-    epe = "epe_mean" in identity["summary"]
-    keys = ("dsc", "dsc_paper", "hd", "asd", "folding_pct") + (("epe", "epe_myo") if epe else ())
-    titles = ["DSC %", "DSC % (paper-compatible)", "HD", "ASD", "folding %"] + (["EPE", "EPE myocardium"] * epe)
-    lines = ["| arch | method | seeds | " + " | ".join(titles) + " | DSC sd over seeds | train s | "
-             "displacement updates | infer ms/pair |", "|---" * (len(titles) + 7) + "|",
-             "| – | identity | – | " + " | ".join(cell(identity["pairs"], k) for k in keys) + " | – | 0 | 0 | – |"]
-    for arch in args.archs:
-        for method in args.methods:
-            runs = found(results, name, arch, method)
-            if not runs:
-                lines.append(f"| {arch} | {method} | 0 | " + " | ".join("–" for _ in keys) + " | – | – | – | – |")
-                continue
-            rows = seed_averaged([rep for _, rep in runs])
-            seed_dsc = [rep["summary"]["dsc_mean"] for _, rep in runs]
-            spread = f"{statistics.stdev(seed_dsc):.2f}" if len(seed_dsc) > 1 else "–"
-            lines.append(f"| {arch} | {method} | {len(runs)} | " + " | ".join(cell(rows, k) for k in keys)
-                         + f" | {spread} | {_mean([rec['train_wall_s'] for rec, _ in runs], '.1f')} | "
-                         f"{runs[0][0]['displacement_updates']} | "
-                         f"{_mean([rec['inference_ms_per_pair'] for rec, _ in runs], '.1f')} |")
-    return lines
-
-
-def table2(name: str, results: dict, args) -> list[str]:
-    if "adacs" not in args.methods:
-        return ["AdaCS is not in --methods: no tests against it."]
-    header = "".join(f" Δ {k.upper()} | p {k.upper()} (pairs) | p {k.upper()} (subjects) |" for k in TESTED)
-    lines = ["| arch | method | seeds | n pairs | n subjects |" + header, "|---" * (5 + 3 * len(TESTED)) + "|"]
-    for arch in args.archs:
-        adacs = found(results, name, arch, "adacs")
-        for method in (m for m in args.methods if m != "adacs"):
-            seeds, a_rows, b_rows = common_seed_rows(adacs, found(results, name, arch, method))
-            if not seeds:
-                lines.append(f"| {arch} | {method} | 0 | – | – |" + " – | – | – |" * len(TESTED))
-                continue
-            tests = [paired(a_rows, b_rows, key) for key in TESTED]
-            lines.append(f"| {arch} | {method} | {len(seeds)} | {tests[0][0].n} | {tests[0][1].n} |" + "".join(
-                f" {by_pair.mean_diff:+.2f} | {by_pair.p:.3g} | {by_subject.p:.3g} |" for by_pair, by_subject in tests))
-    return lines
-
-
-def table3(name: str, results: dict, args) -> list[str]:
-    lines = ["| arch | scoring objective | method | seeds | DSC % | DSC % (paper-compatible) | HD | ASD | folding % | "
-             "mean S (last epoch) | Δ DSC (AdaCS − row) | p (pairs) | p (subjects) |", "|---" * 13 + "|"]
-    for arch in ablation_archs(args):
-        adacs = found(results, name, arch, "adacs")
-        for method, objective in ABLATION_ROWS:
-            runs = found(results, name, arch, method)
-            if not runs:
-                lines.append(f"| {arch} | {objective} | {method} | 0 |" + " – |" * 9)
-                continue
-            rows = seed_averaged([rep for _, rep in runs])
-            cells = [cell(rows, k) for k in ("dsc", "dsc_paper", "hd", "asd", "folding_pct")]
-            score = _mean([rec["final_score_mean"] for rec, _ in runs], ".3f")
-            seeds, a_rows, b_rows = common_seed_rows(adacs, runs)
-            test = "– | – | –"
-            if seeds and method != "adacs":
-                by_pair, by_subject = paired(a_rows, b_rows, "dsc")
-                test = f"{by_pair.mean_diff:+.2f} | {by_pair.p:.3g} | {by_subject.p:.3g}"
-            lines.append(f"| {arch} | {objective} | {method} | {len(runs)} | " + " | ".join(cells)
-                         + f" | {score} | {test} |")
-    return lines
-
-
-def nuisance_groups(tags: dict[str, Sequence[str]]) -> dict[str, set[str]]:
-    """Pair ids by known nuisance, from ``{pair_id: tags}`` (``PairSample.tags``, or a report row's
-    ``tags``): ``clean``, each tag, and ``any nuisance``."""
-    groups: dict[str, set[str]] = {"clean": {pair_id for pair_id, names in tags.items() if not names}}
-    for tag in sorted({tag for names in tags.values() for tag in names}):
-        groups[tag] = {pair_id for pair_id, names in tags.items() if tag in names}
-    groups["any nuisance"] = {pair_id for pair_id, names in tags.items() if names}
-    return groups
-
-
-def nuisance_table(name: str, results: dict, args, pairs: list[PairSample], identity: dict) -> list[str]:
-    """DSC split by the nuisances the evaluation pairs carry by construction, and AdaCS against each
-    method on the pairs with one: where AdaCS should help, if anywhere."""
-    groups = nuisance_groups({p.pair_id: p.tags for p in pairs})
-    titles = [f"DSC % {group} (n = {len(ids)})" for group, ids in groups.items()]
-    lines = ["| arch | method | seeds | " + " | ".join(titles) + " | Δ DSC any nuisance (AdaCS − row) | p (pairs) |",
-             "|---" * (len(titles) + 5) + "|"]
-
-    def split(rows: list[dict]) -> list[str]:
-        return [cell([r for r in rows if r["pair_id"] in ids], "dsc") for ids in groups.values()]
-
-    lines.append("| – | identity | – | " + " | ".join(split(identity["pairs"])) + " | – | – |")
-    for arch in args.archs:
-        adacs = found(results, name, arch, "adacs")
-        for method in args.methods:
-            runs = found(results, name, arch, method)
-            if not runs:
-                lines.append(f"| {arch} | {method} | 0 |" + " – |" * (len(titles) + 2))
-                continue
-            test = "– | –"
-            seeds, a_rows, b_rows = common_seed_rows(adacs, runs)
-            if seeds and method != "adacs":
-                hit = groups["any nuisance"]
-                by_pair, _ = paired([r for r in a_rows if r["pair_id"] in hit],
-                                    [r for r in b_rows if r["pair_id"] in hit], "dsc")
-                test = f"{by_pair.mean_diff:+.2f} | {by_pair.p:.3g}"
-            lines.append(f"| {arch} | {method} | {len(runs)} | "
-                         + " | ".join(split(seed_averaged([rep for _, rep in runs]))) + f" | {test} |")
-    return lines
-
-
-def paper_table(name: str, results: dict, args) -> list[str]:
-    lines = ["| arch | paper: vanilla | paper: AdaCS | paper: Δ | ours: vanilla | ours: AdaCS | ours: Δ | "
-             "ours, paper-compatible: vanilla | ours, paper-compatible: AdaCS | ours, paper-compatible: Δ |",
-             "|---" * 10 + "|"]
-    for arch in args.archs:
-        paper_vanilla, paper_adacs = PAPER_ACDC_DSC[arch]
-        ours = []
-        for key in ("dsc", "dsc_paper"):
-            means = [_mean([rep["summary"].get(f"{key}_mean") for _, rep in found(results, name, arch, m)], ".2f")
-                     for m in ("none", "adacs")]
-            delta = f"{float(means[1]) - float(means[0]):+.2f}" if "–" not in means else "–"
-            ours += [*means, delta]
-        lines.append(f"| {arch} | {paper_vanilla:.2f} | {paper_adacs:.2f} | {paper_adacs - paper_vanilla:+.2f} | "
-                     + " | ".join(ours) + " |")
-    return lines
-
-
-def dataset_section(data: Data, results: dict, args, identity: dict) -> list[str]:
-    summary = identity["summary"]
-    lines = [f"## {data.name}", "", f"Trained on `{data.train_spec}` ({len(data.train)} pairs); evaluated on "
-             f"`{data.eval_spec}` ({summary['n_pairs']} pairs, {summary['n_subjects']} subjects). Distances (HD, "
-             f"ASD, EPE) in {summary['distance_unit']}.", "",
-             "### Table 1: registration accuracy (mean ± std over pairs)", "", *table1(data.name, results, args,
-                                                                                        identity), "",
-             "### Table 2: paired two-sided t-tests against AdaCS", "",
-             "Δ = AdaCS − method (a positive Δ DSC, a negative Δ HD or ASD favours AdaCS); p per pair and over "
-             "per-subject means; n from the DSC test.", "", *table2(data.name, results, args), ""]
-    if ablation_archs(args):
-        lines += ["### Table 3: ablation of the scoring objective", "",
-                  "Mean S: the scoring map's mean over the last epoch (`L_scs` alone should collapse towards 0).",
-                  "", *table3(data.name, results, args), ""]
-    if any(p.tags for p in data.eval):
-        lines += ["### By nuisance: DSC on clean pairs and on pairs with a known nuisance", "",
-                  "The phantom knows which pairs lost signal in a blob of one frame (`dropout-moving`: the ED "
-                  "frame, `dropout-fixed`: the ES frame), the correspondence failure AdaCS is meant to "
-                  "down-weight. Mean ± std over pairs; the test is paired over the pairs with a nuisance.", "",
-                  *nuisance_table(data.name, results, args, data.eval, identity), ""]
-    if data.name == "acdc":
-        lines += ["### Beside the paper's Table 1 (ACDC, DSC %)", "",
-                  "The paper's numbers (its test set, its budget, lenient scoring) and ours (SSL4MIS val split).", "",
-                  *paper_table(data.name, results, args), ""]
-    return lines
-
-
-def header(args, command: str, n_finished: int, n_planned: int) -> list[str]:
-    w, e, s = args.warmup_epochs, args.epochs, args.steps_per_epoch
-    host = machine()
-    options = ", ".join(f"{arch}:{key}={json.dumps(value)}" for arch, key, value in args.arch_options)
-    return ["# The paper's tables: architectures × methods", "", f"Command: `{command}`", "",
-            f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {host['platform']}, "
-            f"{host['cpus']} CPUs, torch {host['torch']} ({host['threads']} threads); each run's `run.json` records "
-            "its own.", "",
-            f"Budget per run: {(w + e) * s} displacement updates of batch {args.batch_size} (warm-up {w} epochs, "
-            f"{e} main epochs, {s} updates per epoch); AdaCS and its ablations add {w * s} scoring-only updates "
-            f"and one scoring update per alternating update. lr {args.lr} (scoring network "
-            f"{args.scoring_lr or args.lr}), λ {args.lam}, α {args.alpha} (AdaCS and its ablations), network sizes: "
-            + (f"the SPEC's except {options}." if options else "the SPEC's."),
-            "", f"Seeds: {', '.join(map(str, args.seeds))}. With several seeds each pair's metric is averaged over "
-            "the seeds first; \"DSC sd over seeds\" is the spread of the seeds' mean DSC.", "",
-            "DSC % is the strict score (nearest-neighbour warp of the ED mask), the headline; the paper-compatible "
-            "column warps the mask bilinearly and counts every value above 0, as the paper's test script did. "
-            "Train s is the training wall time (sum over epochs, resumes included) on a machine shared with "
-            "other jobs.", "", f"Finished runs: {n_finished} of {n_planned} planned; \"–\" marks a missing run.", ""]
-
-
-def render(args, command: str, runs: list[Run], results: dict, data: dict[str, Data],
-           identities: dict[str, dict]) -> str:
-    lines = header(args, command, len(results), len(runs))
-    for name in args.datasets:
-        lines += dataset_section(data[name], results, args, identities[name])
-    return "\n".join(lines)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --- main ----------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
+def write_tables(path: Path, text: str) -> None:
+    """Atomically, so a reader (or a crash between runs) never meets half a table; readable as any output."""
+    with atomic_write(path, "w", private=False) as handle:
+        handle.write(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Plan, then dry-run, estimate, or train what is not finished, rewriting the tables after every run."""
     args = parse_args(argv)
     # The tables name the command that trains the matrix; --tables-only only re-renders it.
     shown = [a for a in (argv or sys.argv[1:]) if a != "--tables-only"]
@@ -626,10 +338,10 @@ def main(argv=None) -> int:
         print(f"  trained {record['train_call_wall_s']:.0f} s (this call), evaluated {record['eval_wall_s']:.0f} s",
               flush=True)
         results = collect(runs, configs, data, args.work)
-        write_text_atomic(args.out, render(args, command, runs, results, data, identities))
+        write_tables(args.out, render(args, command, runs, results, data, identities))
     results = collect(runs, configs, data, args.work)
     text = render(args, command, runs, results, data, identities)
-    write_text_atomic(args.out, text)
+    write_tables(args.out, text)
     print(text)
     summary = {str(run): round(report["summary"]["dsc_mean"], 3) for run, (_, report) in results.items()}
     print(json.dumps({"benchmark": "paper_tables", "finished": len(results), "planned": len(runs),

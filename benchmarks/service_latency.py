@@ -38,7 +38,11 @@ this machine's, not the server's). Models are VoxelMorph artifacts at the SPEC's
 size with random initial weights (latency does not depend on the weights' values). They are
 uploaded over the API and promoted to production. The script writes a markdown table to
 ``benchmarks/results/`` and prints it, then prints one JSON line. A lost job (see
-:class:`JobLost`) is deleted, submitted again and counted in the tables.
+``service_latency_client.JobLost``) is deleted, submitted again and counted in the tables.
+
+This file holds the command line, the inputs, the in-process timings and the measuring loops; its
+siblings ``service_latency_server.py`` (the embedded server), ``service_latency_client.py`` (the
+API requests and their split by stage) and ``service_latency_report.py`` (the tables).
 
     python benchmarks/service_latency.py --torch-threads 1   # 2 to 6 minutes on 2 busy CPU cores
     python benchmarks/service_latency.py --quick --out /tmp/service_latency.md
@@ -49,14 +53,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
-import platform
-import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,13 +62,15 @@ import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import numpy as np
 import SimpleITK as sitk
 import torch
+from service_latency_client import TIMEOUT_S, files_of, run_jobs, upload_model
+from service_latency_report import label, p90, report, worker_restarts
+from service_latency_server import ROOT, embedded_server
 
 from models.artifact import load_artifact, save_artifact
 from models.intensity import IntensityConfig
@@ -81,25 +81,14 @@ from models.networks.estimator import EstimatorConfig
 from models.networks.registry import build_estimator
 from models.register import register_images
 
-ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
-FINISHED = ("succeeded", "failed", "cancelled")
-WAIT_S = 60.0  # the API's MAX_WAIT_S: a request is answered as soon as its job has finished
-POLL_S = 0.5  # client polling, only for a job still unfinished after WAIT_S (rare: long queues)
-# A job is declared lost (its broker message dropped) when it is still queued and no job at all has
-# started for STUCK_AFTER_S: longer than a worker restart (about 10 s here) and than one job.
-STUCK_AFTER_S, STUCK_CHECK_S, MAX_LOST = 30.0, 5.0, 10
-TIMEOUT_S = WAIT_S + 60.0
-# The stages of one API request; `predict` (the worker's report: model grid, forward, field back to
-# native voxels) is the part of `register` that the in-process forward compares with, not a stage.
-SPLIT = ("upload", "queue", "load_model", "read_inputs", "register", "predict", "write_outputs", "bookkeeping",
-         "respond", "download", "total")
 FULL = {"shape_2d": (128, 128), "shape_3d": (64, 64, 64), "repeats": 30, "clients": (1, 4, 16),
         "jobs_per_client": 6}
 QUICK = {"shape_2d": (32, 32), "shape_3d": (16, 16, 16), "repeats": 2, "clients": (1, 2), "jobs_per_client": 1}
 
 
 def _ints(text: str) -> tuple[int, ...]:
+    """``--shape-2d 128,128``, ``--clients 1,4,16``: the shape is checked later, against the network."""
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -107,6 +96,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; what is left unset takes the full run's value, or ``--quick``'s."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape-2d", type=_ints, help="2D grid, rows,cols (default 128,128; --quick 32,32)")
     p.add_argument("--shape-3d", type=_ints, help="3D grid, z,y,x (default 64,64,64; --quick 16,16,16)")
@@ -130,6 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors before anything starts: a server and a model for nothing would take minutes."""
     if args.server and args.workers is not None:
         p.error("--workers sets the embedded server's worker; a --server runs its own workers")
     if args.api_key and not args.server:
@@ -151,10 +142,6 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 # --- inputs: a random-weight model and a synthetic NIfTI pair per case -------------------------------------
 
 
-def label(shape: tuple[int, ...]) -> str:
-    return f"{len(shape)}D {'×'.join(map(str, shape))}"
-
-
 def save_random_model(folder: Path, shape: tuple[int, ...]) -> Path:
     """A VoxelMorph artifact at the SPEC's default size, trained on ``shape`` (so no resizing at inference)."""
     torch.manual_seed(0)
@@ -164,6 +151,7 @@ def save_random_model(folder: Path, shape: tuple[int, ...]) -> Path:
 
 
 def zip_artifact(directory: Path) -> bytes:
+    """The artifact folder as the zip ``POST /v1/models`` takes, in memory (it is a few MB)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for file in sorted(directory.iterdir()):
@@ -172,6 +160,7 @@ def zip_artifact(directory: Path) -> bytes:
 
 
 def _ellipsoid(shape: tuple[int, ...], center: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """A 0/1 mask of the ellipsoid, in array axis order."""
     grid = np.indices(shape, dtype=np.float32)  # (ndim, *shape), array axis order
     distance = sum(((grid[k] - center[k]) / radius[k]) ** 2 for k in range(len(shape)))
     return (distance <= 1).astype(np.uint8)
@@ -199,6 +188,7 @@ def write_pair(folder: Path, shape: tuple[int, ...], seed: int = 0) -> dict[str,
 
 
 def _device() -> str:
+    """The device the worker would pick, so the in-process floor runs where the service does."""
     return "cuda" if torch.cuda.is_available() else "cpu"  # what the worker picks (worker.model_cache)
 
 
@@ -231,156 +221,7 @@ def register_call(model_dir: Path, paths: dict[str, Path]) -> Callable[[], None]
     return lambda: register_images(model, *(images[role] for role in ROLES))
 
 
-# --- the server ------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")[-chars:] if path.exists() else ""
-
-
-@contextmanager
-def embedded_server(data_dir: Path, workers: int, threads: int | None = None,
-                    ready_timeout_s: float = 180.0) -> Iterator[str]:
-    """``adacs serve`` on a free port; stopped with SIGINT (then a wait) however the block ends."""
-    port, log = free_port(), data_dir.parent / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op default in the worker
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-               "--workers", str(workers)]
-    with open(log, "wb") as handle:
-        # A session of its own: a Ctrl-C in the terminal reaches this script only, which then stops
-        # serve once (a second SIGINT would make uvicorn skip its graceful shutdown).
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, ready_timeout_s)
-        yield url
-    except BaseException:
-        print(f"--- adacs serve log (tail) ---\n{_tail(log)}", file=sys.stderr)
-        raise
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=40)  # serve gives its worker 15 s to finish a job, then kills it
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=url, timeout=5) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"adacs serve exited with status {process.returncode} before it was ready")
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-    raise RuntimeError(f"adacs serve did not answer 200 on /readyz within {timeout_s:.0f} s")
-
-
-# --- talking to the API -------------------------------------------------------------------------------------
-
-
-def _check(response: httpx.Response, *ok: int) -> httpx.Response:
-    if response.status_code not in ok:
-        raise RuntimeError(f"{response.request.method} {response.request.url}: HTTP {response.status_code}, "
-                           f"expected {ok}: {response.text[:800]}")
-    return response
-
-
-def upload_model(client: httpx.Client, name: str, artifact_zip: bytes) -> str:
-    """Upload the zip as a version of ``name`` and promote it to production; returns ``name:version``."""
-    response = _check(client.post("/v1/models", data={"name": name},
-                                  files={"file": ("model.zip", artifact_zip, "application/zip")}), 200, 201)
-    version = response.json()["version"]
-    _check(client.post(f"/v1/models/{name}/versions/{version}/promote", json={"stage": "production"}), 200)
-    return f"{name}:{version}"
-
-
-def _epoch_s(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()  # Python 3.10 refuses "Z"
-
-
-def split(job: dict, sent: float, answered: float, downloaded: float) -> dict[str, float]:
-    """One request's seconds by stage (see the module docstring); client times are epoch seconds."""
-    created, started, finished = (_epoch_s(job[k]) for k in ("created_at", "started_at", "finished_at"))
-    work = job["timings_s"]
-    return {"upload": created - sent, "queue": started - created, "load_model": work["load_model"],
-            "read_inputs": work["read_inputs"], "register": work["register"], "predict": job["report"]["predict_s"],
-            "write_outputs": work["write_outputs"], "bookkeeping": finished - started - work["total"],
-            "respond": answered - finished, "download": downloaded - answered, "total": downloaded - sent}
-
-
-class JobLost(RuntimeError):
-    """A job still ``queued`` while the workers have started nothing for a while: its message is gone."""
-
-    def __init__(self, job_id: str, idle_s: float) -> None:
-        super().__init__(f"registration {job_id} is still queued but no job has started for {idle_s:.0f} s")
-        self.job_id = job_id
-
-
-def _idle_s(client: httpx.Client) -> float:
-    """Seconds since the newest start among the last 100 registrations (inf when none started)."""
-    jobs = _check(client.get("/v1/registrations", params={"limit": 100}), 200).json()["data"]
-    started = [_epoch_s(job["started_at"]) for job in jobs if job["started_at"]]
-    return time.time() - max(started) if started else math.inf
-
-
-def _follow(client: httpx.Client, job: dict) -> dict:
-    """Poll ``job`` until it has finished: a no-op for the usual answer (200, finished within ``WAIT_S``)."""
-    checked = time.monotonic()
-    while job["status"] not in FINISHED:
-        time.sleep(POLL_S)
-        job = _check(client.get(job["url"]), 200).json()
-        if job["status"] == "queued" and time.monotonic() - checked > STUCK_CHECK_S:
-            checked, idle_s = time.monotonic(), _idle_s(client)
-            if idle_s > STUCK_AFTER_S:
-                raise JobLost(job["id"], idle_s)
-    return job
-
-
-def register_once(client: httpx.Client, model: str, files: dict[str, tuple[str, bytes, str]]) -> dict[str, float]:
-    """Upload the pair, get the finished job, download its warped mask; returns :func:`split`."""
-    sent = time.time()  # wall clock, as the server's timestamps (same machine, same clock)
-    response = _check(client.post("/v1/registrations", data={"model": model}, files=files,
-                                  params={"wait": WAIT_S}), 200, 202)
-    job = _follow(client, response.json())
-    answered = time.time()
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"registration {job['id']} {job['status']}: {job['error']}")
-    output = job["outputs"]["warped_mask"]
-    body = _check(client.get(output["url"]), 200).content
-    if len(body) != output["size_bytes"]:
-        raise RuntimeError(f"warped mask of {job['id']}: {len(body)} bytes, expected {output['size_bytes']}")
-    return split(job, sent, answered, time.time())
-
-
-def run_jobs(client: httpx.Client, model: str, files: dict, count: int, lost: list[str]) -> list[dict[str, float]]:
-    """``count`` registrations in a row. A lost job is deleted, recorded in ``lost`` and submitted again
-    (``MAX_LOST`` in all), so one dropped message does not end the run."""
-    records: list[dict[str, float]] = []
-    while len(records) < count:
-        try:
-            records.append(register_once(client, model, files))
-        except JobLost as error:
-            print(f"   {error}; deleted and submitted again", file=sys.stderr, flush=True)
-            lost.append(error.job_id)
-            _check(client.delete(f"/v1/registrations/{error.job_id}"), 204, 404)
-            if len(lost) > MAX_LOST:
-                raise
-    return records
+# --- measuring ------------------------------------------------------------------------------------------
 
 
 def measure_case(client: httpx.Client, case: dict, repeats: int) -> None:
@@ -419,113 +260,7 @@ def measure_throughput(url: str, headers: dict, model: str, files: dict, clients
             "lost": len(lost)}
 
 
-def p90(values: list[float]) -> float:
-    """Nearest-rank 90th percentile (defined for a single value too)."""
-    ordered = sorted(values)
-    return ordered[math.ceil(0.9 * len(ordered)) - 1]
-
-
-# --- tables ----------------------------------------------------------------------------------------------
-
-
-def ms(seconds: float) -> str:
-    return f"{1000 * seconds:.1f}"
-
-
-def latency_table(cases: list[dict]) -> list[str]:
-    rows = ["| case | forward ms | forward min ms | register_images ms | register_images min ms | API median ms | "
-            "API p90 ms | API min ms | API − forward ms | API / forward | lost jobs |", "|---" * 11 + "|"]
-    for case in cases:
-        forward, register, api = case["forward"], case["register"], [r["total"] for r in case["api"]]
-        median_forward, median_api = statistics.median(forward), statistics.median(api)
-        cells = [ms(median_forward), ms(min(forward)), ms(statistics.median(register)), ms(min(register)),
-                 ms(median_api), ms(p90(api)), ms(min(api)), ms(median_api - median_forward),
-                 f"{median_api / median_forward:.1f}", str(len(case["lost"]))]
-        rows.append(f"| {case['label']} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def split_table(cases: list[dict]) -> list[str]:
-    rows = ["| case | " + " | ".join(SPLIT) + " |", "|---" * (len(SPLIT) + 1) + "|"]
-    for case in cases:
-        cells = [ms(statistics.median(r[stage] for r in case["api"])) for stage in SPLIT]
-        rows.append(f"| {case['label']} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def throughput_table(levels: list[dict]) -> list[str]:
-    rows = ["| clients | jobs | wall s | jobs/s | latency median ms | latency p90 ms | queue median ms | lost jobs |",
-            "|---|---|---|---|---|---|---|---|"]
-    for level in levels:
-        rows.append(f"| {level['clients']} | {level['jobs']} | {level['wall_s']:.2f} | {level['jobs_per_s']:.2f} | "
-                    f"{ms(level['median_s'])} | {ms(level['p90_s'])} | {ms(level['queue_median_s'])} | "
-                    f"{level['lost']} |")
-    return rows
-
-
-def machine(load_start: tuple[float, ...]) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    load = lambda values: "/".join(f"{v:.2f}" for v in values)  # noqa: E731
-    threads = torch.get_num_threads()
-    return (f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__} with {threads} intra-op "
-            f"thread{'s' if threads != 1 else ''} here, "
-            f"device {device}, Python {platform.python_version()}; load average (1/5/15 min) "
-            f"{load(load_start)} at the start, {load(os.getloadavg())} at the end")
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def worker_restarts(log: Path | None) -> str:
-    """What ``adacs serve``'s log says about worker crashes (nothing for ``--server``)."""
-    if log is None:
-        return ""
-    text = _read(str(log))
-    restarts, decode = text.count("exited with status"), text.count("Unrecoverable error: JSONDecodeError")
-    return (f" Worker restarts during the run: {restarts} ({decode} after `Unrecoverable error: JSONDecodeError`, "
-            "kombu's filesystem transport reading a message file before it was written; a *lost job* is one "
-            "whose message went with it: it stays queued, and the client deletes and submits it again).")
-
-
-def report(args: argparse.Namespace, argv: list[str], cases: list[dict], levels: list[dict], server: str,
-           load_start: tuple[float, ...], restarts: str) -> str:
-    config = EstimatorConfig()
-    command = "python benchmarks/service_latency.py " + shlex.join(argv)
-    header = [
-        "# Service latency: registrations through the API vs the model's forward", "",
-        f"Command: `{command}`", "",
-        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {machine(load_start)}.", "",
-        f"Server: {server}. Each request uploads fixed, moving, moving_mask and fixed_mask (`.nii.gz`), is "
-        f"answered when its job has finished (`?wait={WAIT_S:.0f}`) and then downloads the warped mask.{restarts}",
-        "",
-        f"Models: VoxelMorph at the SPEC's default size (enc {list(config.enc)}, dec {list(config.dec)}, "
-        f"{config.int_steps} integration steps at 1/{config.int_downsize} resolution), trained grid = the case's "
-        "grid, **random initial weights**: latency does not depend on the weights' values.", "",
-        f"## Latency ({args.repeats} rounds after a warm-up round; each round times one forward and one "
-        "register_images in this process, then one API request)", "",
-        "Medians, unless a column says otherwise; the two last columns compare medians. On a machine shared with "
-        "other work the minimum is the better guess of what an idle machine would do.", ""]
-    split_note = ["", "Median ms per stage of an API request (`queue` = started_at − created_at; `predict` = the "
-                      "worker's forward with its model-grid resampling, a part of `register`; `bookkeeping` = the "
-                      "job's claim and final commit; `respond` = finished_at until the client has the answer):", ""]
-    throughput = ["", f"## Throughput ({label(args.shape_2d)}, {args.jobs_per_client} jobs per client, "
-                      f"back to back; {args.workers if not args.server else 'the server’s'} worker slot(s))", ""]
-    reading = ["", "## Reading", "", "_To be written after looking at the numbers._", ""]
-    return "\n".join(header + latency_table(cases) + split_note + split_table(cases) + throughput
-                     + throughput_table(levels) + reading)
-
-
 # --- the run ---------------------------------------------------------------------------------------------
-
-
-def files_of(paths: dict[str, Path]) -> dict[str, tuple[str, bytes, str]]:
-    return {role: (path.name, path.read_bytes(), "application/gzip") for role, path in paths.items()}
 
 
 @contextmanager
@@ -571,6 +306,7 @@ def measure_service(args: argparse.Namespace, url: str, cases: list[dict]) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prepare the cases, measure them against the server, write the tables, print one JSON line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.torch_threads:

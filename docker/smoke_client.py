@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import httpx
@@ -58,6 +57,8 @@ def _write_pair(folder: Path, size: int, index: int, seed: int) -> dict[str, str
 
 def data() -> None:
     """The registration pair (96 px) and a dataset of 8 pairs of 32 px, two per subject, as a zip."""
+    from models.io.archive import write_zip
+
     (DATA / "pair").mkdir(parents=True, exist_ok=True)
     _write_pair(DATA / "pair", 96, 0, seed=3)
     study = DATA / "study" / "images"
@@ -67,10 +68,7 @@ def data() -> None:
         names = _write_pair(study, 32, index, seed=5)
         rows.append(",".join(f"images/{names[role]}" for role in ROLES) + f",pair{index:02d},subject{index // 2:02d}")
     (DATA / "study" / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    with zipfile.ZipFile(DATA / "study.zip", "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted((DATA / "study").rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(DATA).as_posix())
+    write_zip(DATA / "study.zip", DATA / "study", prefix="study/")
     print(DATA)
 
 

@@ -19,31 +19,21 @@ never appears on the inference path (SPEC, Algorithm 1).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from models.intensity import IntensityConfig
-from models.networks.estimator import DisplacementEstimator, EstimatorConfig, build_estimator, resolve_options
+from models.io.atomic import atomic_write, write_json_atomic
+from models.networks.estimator import DisplacementEstimator, EstimatorConfig
+from models.networks.registry import build_estimator, resolve_options
 
-__all__ = ["ARTIFACT_FORMAT", "LoadedModel", "save_artifact", "load_artifact", "write_json_atomic"]
+__all__ = ["ARTIFACT_FORMAT", "LoadedModel", "save_artifact", "load_artifact"]
 
 ARTIFACT_FORMAT = 1
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "card.json"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file and rename it over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -71,10 +61,8 @@ def save_artifact(directory: str | Path, estimator: DisplacementEstimator, confi
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in estimator.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS}.")
-    os.close(fd)
-    save_file(state, tmp, metadata={"format": str(ARTIFACT_FORMAT), "arch": config.arch})
-    os.replace(tmp, directory / WEIGHTS)
+    with atomic_write(directory / WEIGHTS) as handle:
+        handle.write(save(state, metadata={"format": str(ARTIFACT_FORMAT), "arch": config.arch}))
     write_json_atomic(directory / CONFIG, {
         "format": ARTIFACT_FORMAT,
         # Every option spelled out: the artifact rebuilds the same network if a default changes later.

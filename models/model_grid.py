@@ -5,8 +5,9 @@ spacing or not. At inference we cut a window around the region of interest (the 
 centroid when a mask is given, else the image centre) that covers the same physical field of view
 as the training crops when both spacings are known (else the same number of voxels), resize it to
 ``model_shape``, predict, and map the field back: resize to the window (values rescaled to native
-voxels) and paste it into a zero field on the native grid. Outside the window the field is the
-identity. Arrays are in NumPy (reversed ITK) axis order throughout.
+voxels) and paste it into the native grid. Outside the window the field decays smoothly to the
+identity (:func:`taper_outside`): cut off at the window's edge, it had a step of up to 2 mm there,
+which no tissue has. Arrays are in NumPy (reversed ITK) axis order throughout.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.data.crop import crop_or_pad, paste_window
+from models.data.crop import crop_or_pad, paste_window, window_slices
 from models.integrate import resize_field
 
-__all__ = ["ModelGrid", "plan_model_grid", "to_model_grid", "field_to_native"]
+__all__ = ["ModelGrid", "plan_model_grid", "to_model_grid", "field_to_native", "taper_outside"]
+
+MIN_TAPER_VOXELS, MAX_TAPER_VOXELS = 8, 64
 
 
 @dataclass(frozen=True)
@@ -78,4 +81,31 @@ def to_model_grid(arrays: np.ndarray, grid: ModelGrid) -> torch.Tensor:
 def field_to_native(disp: torch.Tensor, grid: ModelGrid, native_shape: Sequence[int]) -> np.ndarray:
     """``(N, ndim, *model_shape)`` voxels of the model grid -> ``(N, ndim, *native)`` native voxels."""
     window = resize_field(disp, grid.window).cpu().numpy()
-    return np.stack([paste_window(w, grid.center, (w.shape[0], *native_shape), leading=1) for w in window])
+    pasted = np.stack([paste_window(w, grid.center, (w.shape[0], *native_shape), leading=1) for w in window])
+    overlap = window_slices(grid.center, grid.window, tuple(native_shape))
+    return pasted if overlap is None else taper_outside(pasted, overlap[0])
+
+
+def taper_outside(field: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """``field`` ``(N, ndim, *spatial)``, known inside ``box``, carried outside it by its nearest edge value
+    times a cosine decay from 1 at the edge to 0 after ``margin`` voxels.
+
+    The margin is long enough that no step between neighbours outside is larger than the largest one
+    inside (``π·|u_edge| / (2·margin)`` is the decay's steepest step), between 8 and 64 voxels; with
+    steps that small the map stays invertible (positive Jacobian) through the decay.
+    """
+    spatial = field.shape[2:]
+    bounds = [(b.start, b.stop - 1) for b in box]
+    if all(lo == 0 and hi == n - 1 for (lo, hi), n in zip(bounds, spatial)):
+        return field
+    nearest = np.ix_(*[np.clip(np.arange(n), lo, hi) for (lo, hi), n in zip(bounds, spatial)])
+    edge = field[(slice(None), slice(None), *nearest)]
+    distance = np.sqrt(sum(np.maximum(np.maximum(lo - axis, axis - hi), 0) ** 2.0
+                           for axis, (lo, hi) in zip(np.ix_(*[np.arange(n) for n in spatial]), bounds)))
+    inside = field[(slice(None), slice(None), *box)]
+    steps = [np.abs(np.diff(inside, axis=2 + k)).max() for k in range(len(spatial)) if inside.shape[2 + k] > 1]
+    largest_step, largest_edge = max(steps, default=0.0), float(np.abs(edge).max())
+    margin = MAX_TAPER_VOXELS if largest_step == 0 else math.pi * largest_edge / (2 * largest_step)
+    margin = float(np.clip(margin, MIN_TAPER_VOXELS, MAX_TAPER_VOXELS))
+    decay = np.where(distance < margin, 0.5 * (1 + np.cos(np.pi * np.minimum(distance, margin) / margin)), 0.0)
+    return (edge * decay).astype(field.dtype)

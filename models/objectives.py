@@ -122,24 +122,25 @@ _DEFAULT_CONSTANTS = BaselineConstants()
 DataTerm = Callable[[Direction, torch.Tensor | None, BaselineConstants], torch.Tensor]
 
 
-def weighted_data(d: Direction, score: torch.Tensor | None, c: BaselineConstants) -> torch.Tensor:
+def weighted_data(direction: Direction, score: torch.Tensor | None, constants: BaselineConstants) -> torch.Tensor:
     """Eq. 2's ``mean(B · sg[S] · r)``; Eq. 1's ``mean(B · r)`` when there is no score."""
-    return displacement_data_term(d.residual, d.bg, score)
+    return displacement_data_term(direction.residual, direction.bg, score)
 
 
-def nll_data(d: Direction, log_var: torch.Tensor | None, c: BaselineConstants) -> torch.Tensor:
+def nll_data(direction: Direction, log_var: torch.Tensor | None, constants: BaselineConstants) -> torch.Tensor:
     """``mean(B · (r/(2e^s) + s/2))`` with ``s`` from the variance network."""
-    return nll_data_term(d.residual, d.bg, log_var)
+    return nll_data_term(direction.residual, direction.bg, log_var)
 
 
-def beta_nll_data(d: Direction, log_var: torch.Tensor | None, c: BaselineConstants) -> torch.Tensor:
+def beta_nll_data(direction: Direction, log_var: torch.Tensor | None, constants: BaselineConstants) -> torch.Tensor:
     """``mean(B · sg[e^{β·s}] · (r/(2e^s) + s/2))`` with ``s`` from the variance network."""
-    return beta_nll_data_term(d.residual, d.bg, log_var, c.beta_nll)
+    return beta_nll_data_term(direction.residual, direction.bg, log_var, constants.beta_nll)
 
 
-def adaframe_data(d: Direction, _: torch.Tensor | None, c: BaselineConstants) -> torch.Tensor:
-    """``mean(B · w · r)``, ``w`` from the direction's own normalised residual."""
-    return adaframe_data_term(d.residual, d.bg, c.adaframe_a, c.adaframe_b)
+def adaframe_data(direction: Direction, unused_map: torch.Tensor | None,
+                  constants: BaselineConstants) -> torch.Tensor:
+    """``mean(B · w · r)``, ``w`` from the direction's own normalised residual (it reads no map)."""
+    return adaframe_data_term(direction.residual, direction.bg, constants.adaframe_a, constants.adaframe_b)
 
 
 # --- regularisers: (vel, directions, int_downsize, constants) -> scalar ------------------------------------
@@ -148,15 +149,16 @@ Regulariser = Callable[[torch.Tensor, list[Direction], int, BaselineConstants], 
 
 
 def uniform_smoothness(vel: torch.Tensor, dirs: list[Direction], int_downsize: int,
-                       c: BaselineConstants) -> torch.Tensor:
+                       constants: BaselineConstants) -> torch.Tensor:
     """``R(u)``: one value for both directions (the inverse's velocity is ``−vel``, just as smooth)."""
     return smoothness(vel, int_downsize)
 
 
 def adareg_regulariser(vel: torch.Tensor, dirs: list[Direction], int_downsize: int,
-                       c: BaselineConstants) -> torch.Tensor:
+                       constants: BaselineConstants) -> torch.Tensor:
     """AdaReg's ``mean(w · |∇u|²)``, each direction weighted by its own residual, averaged."""
-    terms = [adareg_smoothness(vel, d.residual, d.bg, int_downsize, c.adareg_sigma) for d in dirs]
+    terms = [adareg_smoothness(vel, direction.residual, direction.bg, int_downsize, constants.adareg_sigma)
+             for direction in dirs]
     return torch.stack(terms).mean()
 
 
@@ -182,16 +184,17 @@ class ExtraTerm:
     term: Callable[[Direction], torch.Tensor]
 
 
-def label_dice(d: Direction, labels: tuple[int, ...]) -> torch.Tensor:
+def label_dice(direction: Direction, labels: tuple[int, ...]) -> torch.Tensor:
     """``1 − soft Dice`` between the target's mask and the source's mask warped by the direction's field.
 
     The source mask is warped as one channel per label with linear interpolation, so the term has a
     gradient with respect to the field (a nearest-neighbour warp of label values has none).
     """
-    if d.disp is None or d.source_mask is None or d.target_mask is None:
+    disp, source_mask, target_mask = direction.disp, direction.source_mask, direction.target_mask
+    if disp is None or source_mask is None or target_mask is None:
         raise ValueError("the label term needs both masks of every training pair")
-    source = one_hot_labels(d.source_mask, labels, d.disp.dtype)
-    return soft_dice_loss(warp(source, d.disp), one_hot_labels(d.target_mask, labels, d.disp.dtype))
+    source = one_hot_labels(source_mask, labels, disp.dtype)
+    return soft_dice_loss(warp(source, disp), one_hot_labels(target_mask, labels, disp.dtype))
 
 
 def label_term(labels: tuple[int, ...], weight: float) -> ExtraTerm:
@@ -238,10 +241,10 @@ def displacement_loss(dirs: list[Direction], deformation: Deformation, lam: floa
     Eq. 1 when ``scores`` is None.
     """
     maps = scores if scores is not None else [None] * len(dirs)
-    data = torch.stack([data_term(d, m, constants) for d, m in zip(dirs, maps)]).mean()
+    data = torch.stack([data_term(direction, score, constants) for direction, score in zip(dirs, maps)]).mean()
     smooth = regulariser(deformation.vel, dirs, int_downsize, constants)
     total = data + lam * smooth
-    values = {extra.name: torch.stack([extra.term(d) for d in dirs]).mean() for extra in extras}
+    values = {extra.name: torch.stack([extra.term(direction) for direction in dirs]).mean() for extra in extras}
     for extra in extras:
         total = total + extra.weight * values[extra.name]
     # The estimator's own loss (DiffuseMorph's denoising term); read with getattr so that an older
@@ -276,8 +279,9 @@ def scoring_objective(dirs: list[Direction], scores: list[torch.Tensor], m_t: fl
     """
     weight_tv = m_t if terms.tv else 0.0
     weight_reg = alpha if terms.reg else 0.0
-    parts = [scoring_loss(s, d.residual, d.bg, weight_tv, weight_reg) for d, s in zip(dirs, scores)]
-    mean = lambda name: torch.stack([getattr(p, name) for p in parts]).mean()  # noqa: E731
+    parts = [scoring_loss(score, direction.residual, direction.bg, weight_tv, weight_reg)
+             for direction, score in zip(dirs, scores)]
+    mean = lambda name: torch.stack([getattr(part, name) for part in parts]).mean()  # noqa: E731
     return ScoringLoss(scs=mean("scs"), reg=mean("reg"), tv=mean("tv"), total=mean("total"))
 
 
@@ -285,7 +289,7 @@ def scoring_objective(dirs: list[Direction], scores: list[torch.Tensor], m_t: fl
 
 def score_maps(scorer: nn.Module, dirs: list[Direction]) -> list[torch.Tensor]:
     """``S = g_ϕ(target)`` per direction, from one batched forward (cheaper than one call per direction)."""
-    return list(scorer(torch.cat([d.target for d in dirs])).chunk(len(dirs)))
+    return list(scorer(torch.cat([direction.target for direction in dirs])).chunk(len(dirs)))
 
 
 def log_var_maps(net: nn.Module, dirs: list[Direction]) -> list[torch.Tensor]:
@@ -294,8 +298,8 @@ def log_var_maps(net: nn.Module, dirs: list[Direction]) -> list[torch.Tensor]:
     The warped image enters detached: ``f_θ`` learns from the residual in the NLL, not by steering
     the variance network's input.
     """
-    targets = torch.cat([d.target for d in dirs])
-    warped = torch.cat([d.warped.detach() for d in dirs])
+    targets = torch.cat([direction.target for direction in dirs])
+    warped = torch.cat([direction.warped.detach() for direction in dirs])
     return list(net(targets, warped).chunk(len(dirs)))
 
 
@@ -334,7 +338,7 @@ class Method:
         return self.scoring is not None
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
+METHODS: dict[str, Method] = {method.name: method for method in (
     Method("none", "vanilla unsupervised registration (Eq. 1)"),
     Method("adacs", "adaptive correspondence scoring (Eqs. 2-9, Algorithm 1)", scoring=EQ9),
     Method("adacs-scs-only", "AdaCS ablation: the scoring network trains on L_scs alone (Eq. 3; "

@@ -11,13 +11,19 @@
 4. The field is expressed in millimetres in ITK's convention, and the moving image (linear) and
    mask (nearest, labels and dtype kept) are warped *through that field* on their own grids, by
    ITK: exactly what any ITK-based tool does with our displacement file.
+
+:func:`register_images` does this on images in memory; :func:`register_files` is the whole
+pipeline from files to files (read and check, register, write the outputs and ``report.json``),
+the one that ``adacs register`` and the service's worker both call, so that the two cannot drift.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,27 +31,40 @@ import torch
 
 from models.artifact import LoadedModel
 from models.data.crop import mask_centroid
-from models.geometry import resample_to, warp_physical
+from models.field_maps import invert_field, jacobian_image, jacobian_summary
 from models.inference import predict_deformation
 from models.intensity import normalize_intensity
+from models.io.atomic import write_json_atomic
 from models.io.image import Image
+from models.io.readers.header import DEFAULT_MAX_VOXELS
+from models.io.readers.inputs import read_registration_inputs
 from models.io.writers import displacement_image
-from models.metrics import dice, folding_percent
+from models.metrics import dice
 from models.model_grid import field_to_native, plan_model_grid, to_model_grid
+from models.outputs import DISPLACEMENT_UNITS, REPORT, write_registration_outputs
 from models.refine import RefineConfig, refine, refine_config
+from models.report import grid_section, label_section
+from models.report import label_names as label_names_of
+from models.resample import resample_to, warp_physical
 
-__all__ = ["RegistrationResult", "register_images"]
+__all__ = ["RegistrationResult", "RegisteredFiles", "PHASES", "register_images", "register_files"]
+
+PHASES = ("loading_model", "reading_inputs", "registering", "writing_outputs")
+"""The steps of :func:`register_files`, in order, as its ``on_phase`` hook announces them."""
 
 
 @dataclass
 class RegistrationResult:
     """Outputs on the fixed grid: the field in voxels ``(ndim, *shape)`` (NumPy axis order) and in
-    millimetres (an ITK displacement field image), the warped image and the warped mask."""
+    millimetres (an ITK displacement field image), its Jacobian determinant map, the warped image and
+    the warped mask; and on the moving grid, the inverse field (``models.field_maps``)."""
 
     disp_vox: np.ndarray
     field_mm: sitk.Image
     warped: Image
     warped_mask: Image | None
+    jacobian: sitk.Image
+    inverse_mm: sitk.Image
     report: dict = field(default_factory=dict)
 
 
@@ -94,13 +113,15 @@ def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_
 
 def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask: Image | None = None,
                     fixed_mask: Image | None = None, batch_size: int = 16,
-                    progress: Progress | None = None, refine_with: RefineConfig | None = None) -> RegistrationResult:
+                    progress: Progress | None = None, refine_with: RefineConfig | None = None,
+                    label_names: Mapping[str, str] | None = None) -> RegistrationResult:
     """Predict the field, optionally refine it, warp the moving image (linear) and mask (nearest, labels kept).
 
     ``progress(iterable, total)`` may wrap the loop over prediction batches (slices of a 3D stack
     registered by a 2D model); the CLI passes a progress bar. ``refine_with=None`` refines as the
     model card says (``models.refine.refine_config``: 0 steps for a card without the key), so every
-    caller registers alike; the report's ``refine`` records what refinement did.
+    caller registers alike; the report's ``refine`` records what refinement did. ``label_names``
+    (``{"2": "myocardium"}``) name the labels in the report (``models.report``).
     """
     if fixed.ndim != moving.ndim:
         raise ValueError(f"fixed is {fixed.ndim}-D but moving is {moving.ndim}-D")
@@ -117,23 +138,85 @@ def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask
     predict_s = time.perf_counter() - t_predict
     field_mm = displacement_image(disp, fixed.to_sitk())
     warped = warp_physical(moving, field_mm, fixed)
+    jacobian = jacobian_image(field_mm)
+    regularity = jacobian_summary(sitk.GetArrayViewFromImage(jacobian))
+    inverse = invert_field(field_mm, moving.to_sitk())
     # predict_s is the forward pass and the refinement; refine["seconds"] is the latter alone.
-    report: dict = {"predict_s": round(predict_s, 4), "grid": list(fixed_arr.shape),
-                    "folding_pct": _folding(disp, slicewise), "refine": refine_record}
-    warped_mask = None
-    if moving_mask is not None:
-        warped_mask = warp_physical(moving_mask, field_mm, fixed)
-        if fixed_mask is not None:
-            labels, target, out = mask_on_fixed.array, resample_to(fixed_mask, fixed).array, warped_mask.array
-            present = [lab for lab in np.union1d(np.unique(labels), np.unique(target)) if lab != 0]
-            report["dice"] = {str(int(lab)): dice(out == lab, target == lab) for lab in present}
-            # The same score without registration: what the field has gained.
-            report["dice_before"] = {str(int(lab)): dice(labels == lab, target == lab) for lab in present}
+    report: dict = {"predict_s": round(predict_s, 4), "grid": grid_section(fixed),
+                    "folding_pct": regularity["folding_pct"], "jacobian": regularity, "inverse": inverse.report(),
+                    "refine": refine_record}
+    warped_mask = warp_physical(moving_mask, field_mm, fixed) if moving_mask is not None else None
+    if warped_mask is not None:
+        fixed_labels = resample_to(fixed_mask, fixed).array if fixed_mask is not None else None
+        report |= _mask_report(warped_mask, mask_on_fixed.array, fixed_labels, label_names, model.card)
     report["total_s"] = round(time.perf_counter() - start, 4)
-    return RegistrationResult(disp, field_mm, warped, warped_mask, report)
+    return RegistrationResult(disp, field_mm, warped, warped_mask, jacobian, inverse.field, report)
 
 
-def _folding(disp: np.ndarray, slicewise: bool) -> float:
-    if not slicewise:
-        return folding_percent(disp)
-    return float(np.mean([folding_percent(disp[1:, z]) for z in range(disp.shape[1])]))
+def _mask_report(warped_mask: Image, moving_labels: np.ndarray, fixed_labels: np.ndarray | None,
+                 label_names: Mapping[str, str] | None, card: Mapping[str, Any]) -> dict:
+    """``labels`` (names, volumes, scores: ``models.report``) and, with a fixed mask, the quick view
+    ``dice`` / ``dice_before`` (%, by label value): what the field gained over no registration."""
+    seen = [moving_labels] if fixed_labels is None else [moving_labels, fixed_labels]
+    present = sorted(int(k) for k in np.unique(np.concatenate([np.unique(a) for a in seen])) if k != 0)
+    report: dict = {"labels": label_section(warped_mask, moving_labels, fixed_labels,
+                                            label_names_of(present, label_names, card))}
+    if fixed_labels is not None:
+        report["dice"] = {str(k): dice(warped_mask.array == k, fixed_labels == k) for k in present}
+        report["dice_before"] = {str(k): dice(moving_labels == k, fixed_labels == k) for k in present}
+    return report
+
+
+@dataclass
+class RegisteredFiles:
+    """What :func:`register_files` made: the registration, the images it read by role (absent masks
+    None), the files it wrote by role (``report`` included) and the report."""
+
+    result: RegistrationResult
+    images: dict[str, Image | None]
+    paths: dict[str, Path]
+    report: dict[str, Any]
+
+
+def _no_phase(phase: str) -> None:
+    """The default ``on_phase``: nobody is told."""
+
+
+def register_files(load_model: Callable[[], LoadedModel], inputs: Mapping[str, Path], out_dir: str | Path, *,
+                   model_fields: Mapping[str, Any], series: Mapping[str, str | None] | None = None,
+                   frames: Mapping[str, int | None] | None = None, max_voxels: int = DEFAULT_MAX_VOXELS,
+                   refine_steps: int | None = None, refine_time_limit_s: float | None = None,
+                   on_phase: Callable[[str], None] = _no_phase, progress: Progress | None = None,
+                   label_names: Mapping[str, str] | None = None) -> RegisteredFiles:
+    """Load the model, read and check ``inputs``, register, write the outputs and ``report.json`` into ``out_dir``.
+
+    ``inputs`` maps ``fixed``, ``moving`` and optionally ``moving_mask``/``fixed_mask`` to files;
+    ``series``/``frames`` pick a DICOM series or a 4-D image's frame per role, as
+    :func:`~models.io.readers.inputs.read_registration_inputs` does. ``load_model`` is called inside
+    the ``loading_model`` phase (the CLI reads a folder, the worker asks its cache);
+    ``model_fields`` is how the report names the model (the CLI: its folder; the worker: its registry
+    reference and sha256). The refinement flags left None take the model card's defaults.
+    ``on_phase`` is told each of :data:`PHASES` as it starts (the worker's progress and timings);
+    ``progress`` wraps the prediction batches (the CLI's bar); ``label_names`` name the labels in the
+    report. Nothing is written unless every input
+    reads and checks; raises ``ImageError`` (bad input) or ``ValueError`` (a model that cannot
+    register these images).
+    """
+    start = time.perf_counter()
+    on_phase("loading_model")
+    model = load_model()
+    load_s = time.perf_counter() - start
+    on_phase("reading_inputs")
+    images = read_registration_inputs(inputs, series=series, frames=frames, max_voxels=max_voxels)
+    on_phase("registering")
+    refine_with = refine_config(model.card, steps=refine_steps, time_limit_s=refine_time_limit_s)
+    result = register_images(model, images["fixed"], images["moving"], images["moving_mask"], images["fixed_mask"],
+                             progress=progress, refine_with=refine_with, label_names=label_names)
+    on_phase("writing_outputs")
+    out_dir = Path(out_dir)
+    paths = write_registration_outputs(out_dir, result)
+    report = result.report | dict(model_fields) | {
+        "model_load_s": round(load_s, 4), "wall_s": round(time.perf_counter() - start, 4),
+        "displacement_units": DISPLACEMENT_UNITS}
+    write_json_atomic(out_dir / REPORT, report)
+    return RegisteredFiles(result, images, paths | {"report": out_dir / REPORT}, report)

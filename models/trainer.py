@@ -1,9 +1,11 @@
 """Algorithm 1 of AdaCS, and the baselines on the same loop, selected by ``TrainConfig.method``.
 
-Reads top to bottom: config, schedule (pure functions of the epoch), the two update steps, the
-loop (sample, update, validate, log, checkpoint). Budgets are counted in optimiser updates:
-``steps_per_epoch`` updates per epoch, each of ``batch_size`` pairs accumulated over micro-batches of
-``micro_batch_size`` (the authors: batch 8 as two micro-batches of 4).
+Reads top to bottom: build the method's networks (or resume them), then one loop over epochs
+(sample, update, validate, log, checkpoint), then the artifact. Budgets are counted in optimiser
+updates: ``steps_per_epoch`` updates per epoch, each of ``batch_size`` pairs accumulated over
+micro-batches of ``micro_batch_size`` (the authors: batch 8 as two micro-batches of 4). The parts
+live in :mod:`models.training`: the config, the schedule (pure functions of the epoch), the training
+set and its sampler, the two update steps, validation and the model card.
 
 The method (``models.objectives.METHODS``) supplies the parts of the objective; the loop knows only
 whether there is a scoring network and whether there is an auxiliary network. Epochs, with
@@ -25,175 +27,43 @@ and only the displacement objective reads them. Defaults live in ``models.defaul
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from models.data.pairs import MYOCARDIUM, PairSample
-from models.defaults import (
-    IDENTITY_MARGIN_DSC,
-    TRAIN_DEFAULTS,
-    check_label_weight,
-    check_labels,
-    check_lr_schedule,
-    check_supervision,
-)
-from models.inference import eval_mode, predict_disp, stack_pairs, warp_labels
-from models.intensity import IntensityConfig
+from models.inference import stack_pairs
+from models.io.atomic import write_json_atomic
 from models.losses import momentum_update, scoring_activation
-from models.metrics import dice, folding_percent
-from models.networks.estimator import DisplacementEstimator, EstimatorConfig, build_estimator
+from models.networks.estimator import DisplacementEstimator
+from models.networks.registry import build_estimator
 from models.networks.scoring import ScoringNet
-from models.objectives import (
-    METHODS,
-    SUPERVISION_TERMS,
-    BaselineConstants,
-    ExtraTerm,
-    Method,
-    directions,
-    displacement_loss,
-    score_maps,
-    scoring_objective,
-    smoothness_downsize,
+from models.objectives import METHODS, SUPERVISION_TERMS, ExtraTerm, Method
+from models.training.card import model_card, typical_spacing
+from models.training.config import TrainConfig, check_resumable
+from models.training.data import Batch, sample_micro_batches, stack_masks, supervision_labels
+from models.training.schedule import (
+    PHASE_ALTERNATING,
+    PHASE_DISPLACEMENT,
+    PHASE_WARMUP_DISPLACEMENT,
+    PHASE_WARMUP_SCORING,
+    displacement_updates,
+    displacement_updates_before,
+    lr_factor,
+    phase_of_epoch,
+    total_epochs,
 )
+from models.training.steps import displacement_update, scoring_update
+from models.training.validation import identity_dice, validate, validation_set, warmup_warnings
 
 __all__ = ["lr_factor", "displacement_updates", "displacement_updates_before", "TrainConfig", "ProgressEvent",
            "TrainResult", "Batch", "train", "phase_of_epoch", "total_epochs",
            "PHASE_WARMUP_DISPLACEMENT", "PHASE_WARMUP_SCORING", "PHASE_ALTERNATING", "PHASE_DISPLACEMENT"]
-
-PHASE_WARMUP_DISPLACEMENT = "warmup-displacement"
-PHASE_WARMUP_SCORING = "warmup-scoring"
-PHASE_ALTERNATING = "alternating"
-PHASE_DISPLACEMENT = "displacement"  # the only phase of methods without a scoring network
-
-
-_D = TRAIN_DEFAULTS
-
-
-@dataclass
-class TrainConfig:
-    """Hyperparameters of one training run; the worker fills it from a job row.
-
-    Every default a user can set comes from ``models.defaults.TRAIN_DEFAULTS`` (where the departures
-    from the SPEC are explained), so the CLI and the API cannot drift from the trainer.
-    """
-
-    method: str = _D.method
-    epochs: int = _D.epochs
-    warmup_epochs: int = _D.warmup_epochs
-    steps_per_epoch: int = _D.steps_per_epoch
-    batch_size: int = _D.batch_size
-    micro_batch_size: int = _D.micro_batch_size
-    lr: float = _D.lr
-    lr_schedule: str = _D.lr_schedule  # "constant", or "cosine" over the estimator's updates (lr_factor)
-    scoring_lr: float | None = _D.scoring_lr  # None: the same as lr
-    lam: float = _D.lam
-    alpha: float = _D.alpha
-    beta: float = _D.beta
-    kappa: float = _D.kappa
-    # The baselines' constants (SPEC "Baselines"; documented in models.defaults).
-    beta_nll: float = _D.beta_nll
-    adareg_sigma: float = _D.adareg_sigma
-    adaframe_a: float = _D.adaframe_a
-    adaframe_b: float = _D.adaframe_b
-    auxiliary_lr: float | None = _D.auxiliary_lr  # None: the same as lr (it trains jointly with f_θ)
-    bidir: bool = _D.bidir
-    seed: int = _D.seed
-    # Label-assisted training: "labels" adds label_weight × soft Dice of the warped training masks over
-    # `labels` (None: every foreground label in the training masks) to the displacement objective.
-    supervision: str = _D.supervision
-    label_weight: float = _D.label_weight
-    labels: tuple[int, ...] | None = _D.labels
-    val_max_pairs: int = 64
-    picture_every: int = 0
-    device: str = "cpu"
-    estimator: EstimatorConfig = field(default_factory=lambda: EstimatorConfig(arch=_D.arch))
-    intensity: IntensityConfig = field(default_factory=IntensityConfig)
-
-    def __post_init__(self) -> None:
-        # A job row's JSON brings a list: the same labels, compared and stored as one type.
-        if self.labels is not None and not isinstance(self.labels, tuple):
-            self.labels = tuple(self.labels)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["estimator"] = self.estimator.to_dict()
-        out["labels"] = list(self.labels) if self.labels is not None else None
-        return out
-
-    @property
-    def constants(self) -> BaselineConstants:
-        return BaselineConstants(beta_nll=self.beta_nll, adareg_sigma=self.adareg_sigma,
-                                 adaframe_a=self.adaframe_a, adaframe_b=self.adaframe_b)
-
-    @property
-    def accum_steps(self) -> int:
-        return self.batch_size // self.micro_batch_size
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; known: {sorted(METHODS)}")
-        if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size "
-                             f"{self.micro_batch_size}")
-        if min(self.epochs, self.warmup_epochs) < 0 or self.steps_per_epoch < 1:
-            raise ValueError("epochs and warmup_epochs must be >= 0 and steps_per_epoch >= 1")
-        if self.adareg_sigma <= 0:
-            raise ValueError(f"adareg_sigma must be > 0, got {self.adareg_sigma}")
-        check_supervision(self.supervision)
-        check_lr_schedule(self.lr_schedule)
-        check_label_weight(self.label_weight)
-        check_labels(self.labels)
-        if self.labels is not None and self.supervision != "labels":
-            raise ValueError(f"labels {list(self.labels)} are used only with supervision 'labels', "
-                             f"not {self.supervision!r}")
-
-
-def total_epochs(cfg: TrainConfig) -> int:
-    warmups = 2 if METHODS[cfg.method].scoring is not None else 1
-    return warmups * cfg.warmup_epochs + cfg.epochs
-
-
-def displacement_updates(cfg: TrainConfig) -> int:
-    """How many updates the displacement estimator gets in the whole run (every phase but the scoring warm-up)."""
-    return (cfg.warmup_epochs + cfg.epochs) * cfg.steps_per_epoch
-
-
-def displacement_updates_before(epoch: int, step: int, cfg: TrainConfig) -> int:
-    """The estimator's updates done before update ``step`` of ``epoch``: a pure function of the position,
-    so a resumed run continues the schedule exactly where it stopped."""
-    scoring_only = [e for e in range(epoch) if phase_of_epoch(e, cfg) == PHASE_WARMUP_SCORING]
-    return (epoch - len(scoring_only)) * cfg.steps_per_epoch + step
-
-
-def lr_factor(done: int, total: int, schedule: str) -> float:
-    """The estimator's learning rate, as a fraction of ``lr``, after ``done`` of ``total`` updates.
-
-    ``cosine`` decays from 1 to 0 along half a cosine: a network at a constant rate plateaus while
-    its steps still jitter around the optimum (issue 12 measured vanilla flat near 81 % from 1000 to
-    3000 updates), and annealing the step lets it settle.
-    """
-    if schedule == "constant" or total <= 0:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(done, total) / total))
-
-
-def phase_of_epoch(epoch: int, cfg: TrainConfig) -> str:
-    """The phase of a 0-based epoch: a pure function, so resuming needs no phase bookkeeping."""
-    if METHODS[cfg.method].scoring is None:
-        return PHASE_DISPLACEMENT
-    if epoch < cfg.warmup_epochs:
-        return PHASE_WARMUP_DISPLACEMENT
-    if epoch < 2 * cfg.warmup_epochs:
-        return PHASE_WARMUP_SCORING
-    return PHASE_ALTERNATING
 
 
 @dataclass
@@ -212,7 +82,7 @@ class ProgressEvent:
     losses: dict[str, float]
     val: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
-    warnings: list[str] = field(default_factory=list)  # the run's warnings so far (see _warmup_warnings)
+    warnings: list[str] = field(default_factory=list)  # the run's warnings so far (see warmup_warnings)
 
 
 @dataclass
@@ -222,199 +92,154 @@ class TrainResult:
     out_dir: Path
 
 
-class Batch(NamedTuple):
-    """One micro-batch: normalised images ``(B, 1, *spatial)`` and, in label-assisted training, the
-    pairs' integer label maps of the same shape (None otherwise)."""
+@dataclass
+class _Networks:
+    """The method's networks and an Adam for each: the displacement estimator ``f_θ`` always, the
+    scoring network ``g_ϕ`` (AdaCS) and the auxiliary network (NLL's variance U-Net) when it has one."""
+
+    estimator: DisplacementEstimator
+    estimator_optimizer: torch.optim.Optimizer
+    scorer: ScoringNet | None = None
+    scorer_optimizer: torch.optim.Optimizer | None = None
+    auxiliary: torch.nn.Module | None = None
+    auxiliary_optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, method: Method, device: torch.device) -> _Networks:
+        """Freshly initialised from torch's global RNG, in a fixed order, so a seed fixes them all."""
+        estimator = build_estimator(cfg.estimator).to(device)
+        nets = cls(estimator, torch.optim.Adam(estimator.parameters(), lr=cfg.lr))
+        shape = (cfg.estimator.ndim, cfg.estimator.enc, cfg.estimator.dec)
+        if method.scoring is not None:
+            nets.scorer = ScoringNet(*shape).to(device)
+            nets.scorer_optimizer = torch.optim.Adam(nets.scorer.parameters(), lr=cfg.scoring_lr or cfg.lr)
+        if method.auxiliary is not None:
+            nets.auxiliary = method.auxiliary.build(*shape).to(device)
+            nets.auxiliary_optimizer = torch.optim.Adam(nets.auxiliary.parameters(), lr=cfg.auxiliary_lr or cfg.lr)
+        return nets
+
+    def _by_key(self) -> list[tuple[str, torch.nn.Module | torch.optim.Optimizer | None]]:
+        # The checkpoint's keys: a stored format. "opt_de" and "opt_se" (the displacement estimator's and
+        # the scoring network's optimisers) are the names every checkpoint so far was written with.
+        return [("estimator", self.estimator), ("opt_de", self.estimator_optimizer), ("scorer", self.scorer),
+                ("opt_se", self.scorer_optimizer), ("auxiliary", self.auxiliary),
+                ("opt_auxiliary", self.auxiliary_optimizer)]
+
+    def state_dict(self) -> dict:
+        """Every network's and optimiser's state under its checkpoint key (None for a network the method lacks)."""
+        return {key: part.state_dict() if part is not None else None for key, part in self._by_key()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, part in self._by_key():
+            if part is not None:
+                part.load_state_dict(state[key])
+
+
+@dataclass
+class _Loop:
+    """Where a run stands between epochs: with the networks and the generators, what a checkpoint holds."""
+
+    epoch: int = 0  # the next epoch to run
+    global_step: int = 0
+    m_t: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for h in self.history for w in h.get("warnings", ())]
+
+
+@dataclass
+class _TrainingSet:
+    """The training pairs in memory, ``(N, 1, *spatial)``, the seeded generator that draws from them,
+    and the device the drawn micro-batches go to."""
 
     moving: torch.Tensor
     fixed: torch.Tensor
-    moving_mask: torch.Tensor | None = None
-    fixed_mask: torch.Tensor | None = None
+    masks: tuple[torch.Tensor, torch.Tensor] | None
+    sampler: torch.Generator
+    device: torch.device
 
-    @property
-    def masks(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return None if self.moving_mask is None or self.fixed_mask is None else (self.moving_mask, self.fixed_mask)
-
-
-def _displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | None,
-                         optimizer: torch.optim.Optimizer, micro: Sequence[Batch | tuple], cfg: TrainConfig,
-                         auxiliary: torch.nn.Module | None = None,
-                         auxiliary_optimizer: torch.optim.Optimizer | None = None,
-                         extras: Sequence[ExtraTerm] = ()) -> dict:
-    """One optimiser update of ``f_θ`` on the method's displacement objective.
-
-    ``scorer``: the scoring network whose detached scores weigh the data term (Eq. 2), or None
-    (Eq. 1 for AdaCS's warm-up). ``auxiliary``: the method's auxiliary network, updated jointly by
-    ``auxiliary_optimizer`` on the same loss, whose maps the data term reads (NLL's ``s``), or None.
-    ``extras``: the supervision's extra terms (the label term), which read the batch's masks.
-    """
-    method = METHODS[cfg.method]
-    optimizers = [optimizer] + ([auxiliary_optimizer] if auxiliary_optimizer is not None else [])
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    logs = {"loss_de": 0.0, "data": 0.0, "smooth": 0.0}
-    for batch in map(_as_batch, micro):
-        moving, fixed = batch.moving, batch.fixed
-        deformation = estimator(moving, fixed)
-        dirs = directions(moving, fixed, deformation, cfg.bidir, batch.masks)
-        maps = None
-        if scorer is not None:
-            with torch.no_grad():  # sg[S]: the scores are constants for f_θ
-                maps = score_maps(scorer, dirs)
-        if auxiliary is not None:  # trained jointly: its maps keep their graph
-            maps = method.auxiliary.maps(auxiliary, dirs)
-            logs[method.auxiliary.log_key] = logs.get(method.auxiliary.log_key, 0.0) + \
-                torch.stack([m.detach().mean() for m in maps]).mean().item() / len(micro)
-        loss = displacement_loss(dirs, deformation, cfg.lam, smoothness_downsize(cfg.estimator), maps,
-                                 data_term=method.data_term, regulariser=method.regulariser,
-                                 constants=cfg.constants, extras=extras)
-        (loss.total / len(micro)).backward()
-        for key, value in (("loss_de", loss.total), ("data", loss.data), ("smooth", loss.smooth),
-                           ("aux", loss.aux), *loss.extras.items()):
-            if value is not None:
-                logs[key] = logs.get(key, 0.0) + value.item() / len(micro)
-    for opt in optimizers:
-        opt.step()
-    # μ's scale (SPEC Eq. 5): the data term averaged over directions, halved again when bidirectional.
-    # Methods without a scoring network log m_t of their own data term as a diagnostic only. The image
-    # data term alone: κ was tuned on its scale, and an extra term (labels) is not a residual.
-    logs["mu_sample"] = logs["data"] / (2 if cfg.bidir else 1)
-    return logs
+    def draw(self, cfg: TrainConfig) -> list[Batch]:
+        return sample_micro_batches(self.sampler, self.moving, self.fixed, cfg, self.device, self.masks)
 
 
-def _scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimizer: torch.optim.Optimizer,
-                    micro: Sequence[Batch | tuple], m_t: float, cfg: TrainConfig) -> dict:
-    """One optimiser update of ``g_ϕ`` on the method's scoring terms (Eq. 9 for AdaCS) with residuals
-    of the current (frozen) ``f_θ``.
-
-    The training masks, when the run has them, are not read here: Eq. 9 scores *image* residuals,
-    and the label term trains ``f_θ`` alone (why: ``models.objectives``, "Extra terms"). So
-    label-assisted AdaCS changes only what ``f_θ`` learns, and the scoring update is the SPEC's.
-
-    The residuals come from ``f_θ`` in eval mode, i.e. from the registration it would return: an
-    estimator whose training forward is stochastic (DiffuseMorph noises its target) would otherwise
-    teach ``g_ϕ`` where the *noised* registration fails, and on ACDC that scored the heart itself
-    as unreliable (AdaCS with DiffuseMorph fell from 69.5 to 56.2 DSC; benchmarks/LOG.md).
-    """
-    terms = METHODS[cfg.method].scoring
-    optimizer.zero_grad(set_to_none=True)
-    logs = {"loss_se": 0.0, "scs": 0.0, "reg": 0.0, "tv": 0.0, "score_mean": 0.0}
-    for batch in map(_as_batch, micro):
-        moving, fixed = batch.moving, batch.fixed
-        # sg[r]: no graph through f_θ, so no gradient can reach θ
-        with torch.no_grad(), eval_mode(estimator):
-            dirs = directions(moving, fixed, estimator(moving, fixed), cfg.bidir)
-        scores = score_maps(scorer, dirs)
-        loss = scoring_objective(dirs, scores, m_t, cfg.alpha, terms)
-        (loss.total / len(micro)).backward()
-        for key, value in (("loss_se", loss.total), ("scs", loss.scs), ("reg", loss.reg), ("tv", loss.tv)):
-            logs[key] += value.item() / len(micro)
-        logs["score_mean"] += torch.stack(scores).mean().item() / len(micro)
-    optimizer.step()
-    return logs
+def _resume(ckpt_dir: Path, cfg: TrainConfig, nets: _Networks, data: _TrainingSet) -> _Loop:
+    """The loop state of the last checkpoint, with networks, optimisers and generators restored from it;
+    a fresh start when there is none. A checkpoint of another run's settings is refused."""
+    state = load_checkpoint(ckpt_dir)
+    if state is None:
+        return _Loop()
+    check_resumable(state["train_config"], cfg)
+    nets.load_state_dict(state)
+    restore_rng(state["rng"], data.sampler, data.device)
+    return _Loop(state["epoch"], state["global_step"], state["m_t"], state["history"])
 
 
-def _validate(estimator: DisplacementEstimator, val: tuple | None, label: int) -> dict[str, float]:
-    if val is None:
-        return {}
-    moving, fixed, moving_masks, fixed_masks = val
-    disp = predict_disp(estimator, moving, fixed)
-    dsc = [dice(warp_labels(mm, d) == label, fm == label)
-           for d, mm, fm in zip(disp, moving_masks, fixed_masks)]
-    folding = [folding_percent(d.numpy()) for d in disp]
-    return {"val_dice": float(np.mean(dsc)), "val_folding_pct": float(np.mean(folding))}
+def _checkpoint(cfg: TrainConfig, loop: _Loop, nets: _Networks, data: _TrainingSet) -> dict:
+    return {"train_config": cfg.to_dict(), "epoch": loop.epoch, "global_step": loop.global_step, "m_t": loop.m_t,
+            **nets.state_dict(), "rng": rng_state(data.sampler, data.device), "history": loop.history}
 
 
-def _identity_dice(val: tuple, label: int) -> float:
-    """Validation Dice with no registration: the baseline that gives a validation Dice its meaning
-    (and shows whether the displacement warm-up had registered anything before scoring began)."""
-    _, _, moving_masks, fixed_masks = val
-    return float(np.mean([dice(mm == label, fm == label) for mm, fm in zip(moving_masks, fixed_masks)]))
+@dataclass
+class _Reporter:
+    """Sends :class:`ProgressEvent` to the caller's callback (if any), timed from the run's first epoch."""
+
+    callback: Callable[[ProgressEvent], None] | None
+    cfg: TrainConfig
+    n_epochs: int
+    wall_start: float
+
+    def __call__(self, kind: str, phase: str, epoch: int, step: int, loop: _Loop, losses: dict[str, float],
+                 val: dict[str, float], warnings: list[str]) -> None:
+        if self.callback is not None:
+            self.callback(ProgressEvent(kind, phase, epoch, self.n_epochs, step, self.cfg.steps_per_epoch,
+                                        loop.global_step, self.n_epochs * self.cfg.steps_per_epoch, loop.m_t,
+                                        losses, val, elapsed_s=self.elapsed_s(), warnings=list(warnings)))
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.wall_start
 
 
-def _prepare_val(pairs: Sequence[PairSample] | None, cfg: TrainConfig) -> tuple | None:
-    pairs = [p for p in (pairs or []) if p.moving_mask is not None and p.fixed_mask is not None]
-    if not pairs:
-        return None
-    pairs = pairs[: cfg.val_max_pairs]
-    moving, fixed = stack_pairs(pairs, cfg.intensity)
-    return moving, fixed, [p.moving_mask for p in pairs], [p.fixed_mask for p in pairs]
+def _run_epoch(epoch: int, phase: str, cfg: TrainConfig, nets: _Networks, data: _TrainingSet,
+               extras: Sequence[ExtraTerm], loop: _Loop, report: _Reporter) -> tuple[list[dict], list[float], list]:
+    """The epoch's updates: per update, the logs; the epoch's ``μ`` samples; the ``(step, μ, m_t)`` trace."""
+    step_logs, mu_samples, trace = [], [], []
+    warnings = loop.warnings
+    for step in range(cfg.steps_per_epoch):
+        micro = data.draw(cfg)
+        logs: dict[str, float] = {}
+        if phase != PHASE_WARMUP_SCORING:
+            factor = lr_factor(displacement_updates_before(epoch, step, cfg), displacement_updates(cfg),
+                               cfg.lr_schedule)
+            for group in nets.estimator_optimizer.param_groups:
+                group["lr"] = cfg.lr * factor
+            use_scores = nets.scorer if phase == PHASE_ALTERNATING else None
+            logs.update(displacement_update(nets.estimator, use_scores, nets.estimator_optimizer, micro, cfg,
+                                            nets.auxiliary, nets.auxiliary_optimizer, extras))
+            # Eqs. 5-7: μ_t is the epoch's running mean; m_t moves after every displacement update.
+            mu_samples.append(logs["mu_sample"])
+            loop.m_t = momentum_update(loop.m_t, float(np.mean(mu_samples)), epoch, cfg.kappa, cfg.beta)
+        if phase in (PHASE_WARMUP_SCORING, PHASE_ALTERNATING):
+            logs.update(scoring_update(nets.estimator, nets.scorer, nets.scorer_optimizer, micro, loop.m_t, cfg))
+        loop.global_step += 1
+        step_logs.append(logs)
+        trace.append({"step": loop.global_step, "mu": float(np.mean(mu_samples)) if mu_samples else None,
+                      "m_t": loop.m_t})
+        report("step", phase, epoch, step + 1, loop, {k: v for k, v in logs.items() if k != "mu_sample"}, {},
+               warnings)
+    return step_logs, mu_samples, trace
 
 
-def _as_batch(item: Batch | tuple) -> Batch:
-    """A micro-batch as :class:`Batch`, also from a plain ``(moving, fixed)`` tuple."""
-    return item if isinstance(item, Batch) else Batch(*item)
-
-
-def _sample(generator: torch.Generator, moving: torch.Tensor, fixed: torch.Tensor, cfg: TrainConfig,
-            device: torch.device, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Batch]:
-    """Draw one update's micro-batches (with replacement) from the seeded sampler.
-
-    ``masks`` (label-assisted training) are indexed with the images' draws, so the draws, and a run
-    without masks, are exactly those of a run that never had them.
-    """
-    out = []
-    for _ in range(cfg.accum_steps):
-        idx = torch.randint(moving.shape[0], (cfg.micro_batch_size,), generator=generator)
-        label_maps = (masks[0][idx].to(device), masks[1][idx].to(device)) if masks is not None else (None, None)
-        out.append(Batch(moving[idx].to(device), fixed[idx].to(device), *label_maps))
-    return out
-
-
-def _supervision_labels(cfg: TrainConfig, pairs: Sequence[PairSample]) -> tuple[int, ...]:
-    """The labels the label term scores, checked against the training masks before anything trains.
-
-    A label-assisted run refuses pairs without both masks (the term would silently be missing for
-    them) and labels that no training mask holds (a typo would train a model without supervision).
-    ``cfg.labels = None`` is every foreground label found. An unsupervised run scores none: ``()``.
-    """
-    if cfg.supervision == "none":
-        return ()
-    unlabelled = [p.pair_id for p in pairs if p.moving_mask is None or p.fixed_mask is None]
-    if unlabelled:
-        raise ValueError(f"label-assisted training (supervision 'labels') needs both masks of every training "
-                         f"pair, and {len(unlabelled)} of {len(pairs)} have none (e.g. {', '.join(unlabelled[:3])}): "
-                         "train on a dataset with masks, or with supervision 'none'")
-    found = sorted({int(v) for p in pairs for m in (p.moving_mask, p.fixed_mask) for v in np.unique(m) if v > 0})
-    if not found:
-        raise ValueError("label-assisted training: the training masks hold no foreground label")
-    missing = sorted(set(cfg.labels or ()) - set(found))
-    if missing:
-        raise ValueError(f"labels {missing} are in no training mask (the masks hold {found})")
-    return tuple(cfg.labels) if cfg.labels is not None else tuple(found)
-
-
-def _stack_masks(pairs: Sequence[PairSample]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N, 1, *spatial)`` moving and fixed label maps, in the smallest integer type that holds them
-    (the whole training set stays in memory, like the images)."""
-    moving = np.stack([p.moving_mask for p in pairs])[:, None]
-    fixed = np.stack([p.fixed_mask for p in pairs])[:, None]
-    dtype = np.uint8 if max(moving.max(), fixed.max()) <= np.iinfo(np.uint8).max else np.int32
-    return torch.from_numpy(moving.astype(dtype)), torch.from_numpy(fixed.astype(dtype))
-
-
-def _warmup_warnings(epoch: int, n_epochs: int, cfg: TrainConfig, val_metrics: dict[str, float],
-                     identity: float | None, updates: int) -> list[str]:
-    """A warning when validation Dice has not left the identity's by the end of the warm-up.
-
-    Checked once: after the first ``warmup_epochs`` epochs (the displacement warm-up of every method),
-    or after the last epoch of a run without warm-up. A run that fails it has barely moved: the
-    learning rate or the budget is too small for this data (lr 1e-4 at a CPU budget did this on ACDC),
-    and a user should hear it before waiting for the rest, not infer it from a poor model.
-    """
-    check_epoch = cfg.warmup_epochs - 1 if cfg.warmup_epochs > 0 else n_epochs - 1
-    dsc = val_metrics.get("val_dice")
-    if epoch != check_epoch or identity is None or dsc is None or dsc > identity + IDENTITY_MARGIN_DSC:
-        return []
-    when = "the warm-up" if cfg.warmup_epochs > 0 else "training"
-    return [f"validation Dice {dsc:.2f} % after {when} ({updates} updates) has not left the identity's "
-            f"{identity:.2f} % (by more than {IDENTITY_MARGIN_DSC:g} point): the estimator has barely moved; "
-            f"raise lr (now {cfg.lr:g}) or the budget"]
-
-
-def _epoch_means(step_logs: list[dict]) -> dict[str, float]:
-    keys = {k for logs in step_logs for k in logs if k != "mu_sample"}
-    return {k: float(np.mean([logs[k] for logs in step_logs if k in logs])) for k in sorted(keys)}
+def _epoch_record(epoch: int, phase: str, cfg: TrainConfig, loop: _Loop, step_logs: list[dict],
+                  mu_samples: list[float], trace: list, val_metrics: dict[str, float], warnings: list[str],
+                  time_s: float) -> dict:
+    """The epoch's line of the history: position, ``m_t``, ``μ`` and ``a_t``, mean losses, validation."""
+    mu = float(np.mean(mu_samples)) if mu_samples else None
+    return {"epoch": epoch, "phase": phase, "updates": loop.global_step, "m_t": loop.m_t, "mu": mu,
+            "a_t": scoring_activation(mu, cfg.kappa) if mu is not None else None,
+            "time_s": time_s, **_epoch_means(step_logs), **val_metrics,
+            "trace": trace, **({"warnings": warnings} if warnings else {})}
 
 
 def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Path,
@@ -425,187 +250,76 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
 
     ``out_dir/checkpoints/last.pt`` is resumed from when present. ``callback`` receives a
     :class:`ProgressEvent` after every update and every epoch; an exception it raises (a
-    cancellation, say) stops training after the last completed checkpoint.
+    cancellation, say) stops training after the last completed checkpoint. ``cfg`` is not changed.
     """
-    from models.artifact import save_artifact, write_json_atomic
-
     cfg.validate()
-    out_dir = Path(out_dir)
-    method: Method = METHODS[cfg.method]
-    device = torch.device(cfg.device)
-    labels = _supervision_labels(cfg, train_pairs)  # refuses a label-assisted run without masks, up front
+    out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
+    labels = supervision_labels(cfg, train_pairs)  # refuses a label-assisted run without masks, up front
     extras = SUPERVISION_TERMS[cfg.supervision](cfg.label_weight, labels)
     moving_all, fixed_all = stack_pairs(train_pairs, cfg.intensity)
-    masks_all = _stack_masks(train_pairs) if extras else None
-    cfg.estimator = EstimatorConfig(**{**asdict(cfg.estimator), "ndim": moving_all.dim() - 2})
-    val = _prepare_val(val_pairs, cfg)
-    identity = _identity_dice(val, label) if val is not None else None
+    masks_all = stack_masks(train_pairs) if extras else None
+    # The run's own copy, which knows the data's dimension: the caller's config stays as it was given.
+    cfg = replace(cfg, estimator=replace(cfg.estimator, ndim=moving_all.dim() - 2))
+    val = validation_set(val_pairs, cfg)
+    identity = identity_dice(val, label) if val is not None else None
 
     # Build: the method's networks and their optimisers, the sampler; everything seeded.
+    device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    estimator = build_estimator(cfg.estimator).to(device)
-    net_shape = (cfg.estimator.ndim, cfg.estimator.enc, cfg.estimator.dec)
-    scorer = ScoringNet(*net_shape).to(device) if method.scoring is not None else None
-    auxiliary = method.auxiliary.build(*net_shape).to(device) if method.auxiliary is not None else None
-    opt_de = torch.optim.Adam(estimator.parameters(), lr=cfg.lr)
-    opt_se = torch.optim.Adam(scorer.parameters(), lr=cfg.scoring_lr or cfg.lr) if scorer is not None else None
-    opt_aux = torch.optim.Adam(auxiliary.parameters(), lr=cfg.auxiliary_lr or cfg.lr) \
-        if auxiliary is not None else None
-    sampler = torch.Generator().manual_seed(cfg.seed)
-    start_epoch, global_step, m_t, history = 0, 0, 0.0, []
-
-    ckpt_dir = out_dir / "checkpoints"
-    state = load_checkpoint(ckpt_dir)
-    if state is not None:
-        _check_resumable(state["train_config"], cfg)
-        estimator.load_state_dict(state["estimator"])
-        opt_de.load_state_dict(state["opt_de"])
-        if scorer is not None:
-            scorer.load_state_dict(state["scorer"])
-            opt_se.load_state_dict(state["opt_se"])
-        if auxiliary is not None:
-            auxiliary.load_state_dict(state["auxiliary"])
-            opt_aux.load_state_dict(state["opt_auxiliary"])
-        sampler.set_state(state["rng"]["sampler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start_epoch, global_step, m_t = state["epoch"], state["global_step"], state["m_t"]
-        history = state["history"]
+    nets = _Networks.build(cfg, METHODS[cfg.method], device)
+    data = _TrainingSet(moving_all, fixed_all, masks_all, torch.Generator().manual_seed(cfg.seed), device)
+    loop = _resume(ckpt_dir, cfg, nets, data)
 
     n_epochs = total_epochs(cfg)
-    total_steps = n_epochs * cfg.steps_per_epoch
-    wall_start = time.perf_counter() - sum(h["time_s"] for h in history)
-    for epoch in range(start_epoch, n_epochs):
-        phase = phase_of_epoch(epoch, cfg)
-        epoch_start = time.perf_counter()
-        step_logs, mu_samples, trace = [], [], []
-        warnings = [w for h in history for w in h.get("warnings", ())]
-        for step in range(cfg.steps_per_epoch):
-            micro = _sample(sampler, moving_all, fixed_all, cfg, device, masks_all)
-            logs: dict[str, float] = {}
-            if phase != PHASE_WARMUP_SCORING:
-                factor = lr_factor(displacement_updates_before(epoch, step, cfg), displacement_updates(cfg),
-                                   cfg.lr_schedule)
-                for group in opt_de.param_groups:
-                    group["lr"] = cfg.lr * factor
-                use_scores = scorer if phase == PHASE_ALTERNATING else None
-                logs.update(_displacement_update(estimator, use_scores, opt_de, micro, cfg, auxiliary, opt_aux,
-                                                 extras))
-                # Eqs. 5-7: μ_t is the epoch's running mean; m_t moves after every displacement update.
-                mu_samples.append(logs["mu_sample"])
-                m_t = momentum_update(m_t, float(np.mean(mu_samples)), epoch, cfg.kappa, cfg.beta)
-            if phase in (PHASE_WARMUP_SCORING, PHASE_ALTERNATING):
-                logs.update(_scoring_update(estimator, scorer, opt_se, micro, m_t, cfg))
-            global_step += 1
-            step_logs.append(logs)
-            trace.append({"step": global_step, "mu": float(np.mean(mu_samples)) if mu_samples else None,
-                          "m_t": m_t})
-            if callback is not None:
-                callback(ProgressEvent("step", phase, epoch, n_epochs, step + 1, cfg.steps_per_epoch,
-                                       global_step, total_steps, m_t, {k: v for k, v in logs.items()
-                                                                       if k != "mu_sample"},
-                                       elapsed_s=time.perf_counter() - wall_start, warnings=list(warnings)))
+    report = _Reporter(callback, cfg, n_epochs, time.perf_counter() - sum(h["time_s"] for h in loop.history))
+    for epoch in range(loop.epoch, n_epochs):
+        phase, epoch_start = phase_of_epoch(epoch, cfg), time.perf_counter()
+        step_logs, mu_samples, trace = _run_epoch(epoch, phase, cfg, nets, data, extras, loop, report)
 
         # Evaluate, log, checkpoint: in this order, so a checkpoint always holds its epoch's history.
-        val_metrics = _validate(estimator, val, label)
-        mu = float(np.mean(mu_samples)) if mu_samples else None
-        new_warnings = _warmup_warnings(epoch, n_epochs, cfg, val_metrics, identity, global_step)
-        warnings += new_warnings
-        record = {"epoch": epoch, "phase": phase, "updates": global_step, "m_t": m_t, "mu": mu,
-                  "a_t": scoring_activation(mu, cfg.kappa) if mu is not None else None,
-                  "time_s": time.perf_counter() - epoch_start, **_epoch_means(step_logs), **val_metrics,
-                  "trace": trace, **({"warnings": new_warnings} if new_warnings else {})}
-        history.append(record)
-        save_checkpoint(ckpt_dir, {
-            "train_config": cfg.to_dict(), "epoch": epoch + 1, "global_step": global_step, "m_t": m_t,
-            "estimator": estimator.state_dict(), "opt_de": opt_de.state_dict(),
-            "scorer": scorer.state_dict() if scorer is not None else None,
-            "opt_se": opt_se.state_dict() if opt_se is not None else None,
-            "auxiliary": auxiliary.state_dict() if auxiliary is not None else None,
-            "opt_auxiliary": opt_aux.state_dict() if opt_aux is not None else None,
-            "rng": {"sampler": sampler.get_state(), "torch": torch.get_rng_state()},
-            "history": history,
-        }, {"epoch": epoch + 1, "total_epochs": n_epochs, "global_step": global_step, "m_t": m_t,
-            "phase": phase, **val_metrics})
-        write_json_atomic(out_dir / "history.json", {"config": cfg.to_dict(), "epochs": history})
+        val_metrics = validate(nets.estimator, val, label)
+        new_warnings = warmup_warnings(epoch, n_epochs, cfg, val_metrics, identity, loop.global_step)
+        loop.history.append(_epoch_record(epoch, phase, cfg, loop, step_logs, mu_samples, trace, val_metrics,
+                                          new_warnings, time.perf_counter() - epoch_start))
+        loop.epoch = epoch + 1
+        save_checkpoint(ckpt_dir, _checkpoint(cfg, loop, nets, data),
+                        {"epoch": loop.epoch, "total_epochs": n_epochs, "global_step": loop.global_step,
+                         "m_t": loop.m_t, "phase": phase, **val_metrics})
+        write_json_atomic(out_dir / "history.json", {"config": cfg.to_dict(), "epochs": loop.history})
         if cfg.picture_every and (epoch + 1) % cfg.picture_every == 0:
-            _write_pictures(out_dir, epoch, history, estimator, scorer, val, moving_all, fixed_all, cfg)
-        if callback is not None:
-            callback(ProgressEvent("epoch", phase, epoch, n_epochs, cfg.steps_per_epoch, cfg.steps_per_epoch,
-                                   global_step, total_steps, m_t, _epoch_means(step_logs), val_metrics,
-                                   elapsed_s=time.perf_counter() - wall_start, warnings=list(warnings)))
+            _write_pictures(out_dir, epoch, loop.history, nets, val, data, cfg)
+        report("epoch", phase, epoch, cfg.steps_per_epoch, loop, _epoch_means(step_logs), val_metrics,
+               loop.warnings)
 
-    card = _model_card(cfg, method, history, data_description, train_pairs, time.perf_counter() - wall_start,
-                       labels)
+    _save_model(out_dir, cfg, nets.estimator, loop.history, data_description, train_pairs, report.elapsed_s(),
+                labels, identity, tuple(moving_all.shape[2:]))
+    return TrainResult(estimator=nets.estimator, history=loop.history, out_dir=out_dir)
+
+
+def _save_model(out_dir: Path, cfg: TrainConfig, estimator: DisplacementEstimator, history: list[dict],
+                data_description: dict | None, train_pairs: Sequence[PairSample], wall_s: float,
+                labels: tuple[int, ...], identity: float | None, train_shape: tuple[int, ...]) -> None:
+    """The artifact: the estimator alone (never the scoring or auxiliary network) and its model card."""
+    from models.artifact import save_artifact
+
+    card = model_card(cfg, METHODS[cfg.method], history, data_description, train_pairs, wall_s, labels)
     if identity is not None:
         card["validation"]["val_dice_identity"] = identity
     save_artifact(out_dir / "model", estimator.cpu(), cfg.estimator, cfg.intensity, card,
-                  train_shape=tuple(moving_all.shape[2:]), train_spacing_mm=_typical_spacing(train_pairs))
-    return TrainResult(estimator=estimator, history=history, out_dir=out_dir)
+                  train_shape=train_shape, train_spacing_mm=typical_spacing(train_pairs))
 
 
-def _typical_spacing(pairs: Sequence[PairSample]) -> tuple[float, ...] | None:
-    """Median pixel spacing of the training pairs (array order), or None if any pair has none."""
-    if not pairs or any(p.spacing_mm is None for p in pairs):
-        return None
-    return tuple(float(v) for v in np.median(np.array([p.spacing_mm for p in pairs]), axis=0))
-
-
-def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
-    """A checkpoint resumes only the same run; only the number of main epochs may grow.
-
-    A setting missing from the checkpoint was added after it was written, when the run behaved as
-    the setting's default does: it counts as the default.
-    """
-    current, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    differ = [k for k in current if k not in ("epochs", "picture_every", "device", "val_max_pairs")
-              and saved.get(k) != current[k]]
-    if differ:
-        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
-        raise ValueError(f"cannot resume: the checkpoint was made with different settings ({details}); "
-                         "use another --out or the same settings")
-
-
-def _write_pictures(out_dir: Path, epoch: int, history: list[dict], estimator, scorer, val, moving_all,
-                    fixed_all, cfg: TrainConfig) -> None:
+def _write_pictures(out_dir: Path, epoch: int, history: list[dict], nets: _Networks, val: tuple | None,
+                    data: _TrainingSet, cfg: TrainConfig) -> None:
     from models.pictures import plot_curves, plot_panel
 
-    moving, fixed = (val[0], val[1]) if val is not None else (moving_all, fixed_all)
+    moving, fixed = (val[0], val[1]) if val is not None else (data.moving, data.fixed)
     pictures = out_dir / "pictures"
-    plot_panel(pictures / f"panel_epoch{epoch + 1:04d}.png", estimator, scorer, moving[:4], fixed[:4],
+    plot_panel(pictures / f"panel_epoch{epoch + 1:04d}.png", nets.estimator, nets.scorer, moving[:4], fixed[:4],
                title=f"epoch {epoch + 1} ({history[-1]['phase']})")
     plot_curves(pictures / "curves.png", history, title=f"{cfg.method}: m_t and losses")
 
 
-def _supervision_card(cfg: TrainConfig, labels: tuple[int, ...]) -> dict:
-    """What the model learnt from besides images; the labels are those scored, resolved from the masks
-    when the config left them open. Inference needs images only, whatever this says."""
-    if cfg.supervision == "none":
-        return {"kind": "none"}
-    return {"kind": cfg.supervision, "label_weight": cfg.label_weight, "labels": list(labels),
-            "labels_asked": list(cfg.labels) if cfg.labels is not None else None,
-            "term": "label_weight × (1 − soft Dice) of the training masks, moving warped linearly as one-hot "
-                    "channels; training only (inference reads images only)"}
-
-
-def _model_card(cfg: TrainConfig, method: Method, history: list[dict], data: dict | None,
-                train_pairs: Sequence[PairSample], wall_s: float, labels: tuple[int, ...] = ()) -> dict:
-    last = history[-1] if history else {}
-    displacement_updates = sum(cfg.steps_per_epoch for h in history if h["phase"] != PHASE_WARMUP_SCORING)
-    return {
-        "architecture": cfg.estimator.arch,
-        "method": method.name,
-        "method_description": method.description,
-        "hyperparameters": {k: v for k, v in cfg.to_dict().items() if k not in ("device", "picture_every")},
-        "supervision": _supervision_card(cfg, labels),
-        "warnings": [w for h in history for w in h.get("warnings", ())],
-        "data": {**(data or {}), "n_train_pairs": len(train_pairs)},
-        "training": {"epochs": len(history), "displacement_updates": displacement_updates,
-                     "updates": last.get("updates", 0), "final_m_t": last.get("m_t"),
-                     "wall_time_s": round(wall_s, 2)},
-        "validation": {k: last[k] for k in ("val_dice", "val_folding_pct") if k in last},
-        "intended_use": "Research use only. Not a medical device; not for clinical decisions.",
-        "displacement_convention": "voxel field d on the fixed grid: moving(x + d(x)) is aligned to fixed(x)",
-        "metric_units": "val_dice in percent (myocardium, nearest-neighbour warped mask)",
-        "created_by": "adacs-registration trainer",
-    }
+def _epoch_means(step_logs: list[dict]) -> dict[str, float]:
+    keys = {k for logs in step_logs for k in logs if k != "mu_sample"}
+    return {k: float(np.mean([logs[k] for logs in step_logs if k in logs])) for k in sorted(keys)}

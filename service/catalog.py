@@ -1,7 +1,7 @@
 """The names the API accepts for a training job's architecture and method.
 
 The API process validates a job before queueing it but must not import torch, so it cannot read
-``models.networks.estimator.ARCHITECTURES`` or ``models.objectives.METHODS`` themselves; these
+``models.networks.registry.ARCHITECTURES`` or ``models.objectives.METHODS`` themselves; these
 tuples repeat their keys, and ``tests/test_catalog.py`` fails the moment the two disagree.
 """
 

@@ -14,22 +14,36 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.defaults import LR_SCHEDULES, MAX_MICRO_BATCH, SUPERVISIONS, TRAIN_DEFAULTS, default_micro_batch_size
-from service.cli_remote import REMOTE_COMMANDS, add_remote_commands, arch_option, label_weight_arg, labels_arg
+from service.cli_args import (
+    LABELS_HELP,
+    arch_option,
+    ints_arg,
+    label_names_arg,
+    label_weight_arg,
+    labels_arg,
+    refine_steps_arg,
+    seconds_arg,
+)
+from service.cli_remote import REMOTE_COMMANDS, add_remote_commands
 
 __all__ = ["main", "build_parser"]
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The whole ``adacs`` parser: the local commands here, the remote ones from :mod:`service.cli_remote`."""
     parser = argparse.ArgumentParser(prog="adacs", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_register(sub)
+    _add_demo(sub)
+    _add_serve(sub)
+    add_remote_commands(sub)  # submit, wait, download, cancel, train-remote, datasets, models
+    return parser
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """``adacs train``: data, network, budget and output; the objective's weights in :func:`_add_train_weights`."""
     t = sub.add_parser("train", help="train a displacement estimator (AdaCS or vanilla)")
     t.add_argument("--data", required=True, help="training data SPEC: synthetic[:k=v,...] or acdc-h5:PATH[:split]")
     t.add_argument("--val-data", help="validation data SPEC (default: the val split of acdc-h5 data, or "
@@ -60,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     t.add_argument("--scoring-lr", type=float, default=d.scoring_lr, help="learning rate of the AdaCS scoring "
                                                                           "network (default: %(default)s)")
+    _add_train_weights(t)
+    t.add_argument("--no-bidir", action="store_true", help="train one direction only")
+    t.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
+    t.add_argument("--enc", type=ints_arg, default=(16, 32, 32, 32),
+                   help="U-Net encoder features of voxelmorph (and of the AdaCS scoring / NLL variance networks), "
+                        "e.g. 16,32,32,32")
+    t.add_argument("--dec", type=ints_arg, default=(32, 32, 32, 32, 32, 16, 16),
+                   help="U-Net decoder features (as --enc)")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--picture-every", type=int, default=0, help="write Fig. 4/5 PNGs every N epochs (0: never)")
+    t.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    t.add_argument("--out", required=True, type=Path, help="run directory (rerun with the same --out to resume)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_train_weights(t: argparse.ArgumentParser) -> None:
+    """The objective's weights and the optional label term of ``adacs train``, defaults from ``TRAIN_DEFAULTS``."""
+    d = TRAIN_DEFAULTS
     t.add_argument("--lam", type=float, default=d.lam, help="smoothness weight λ (default: %(default)s)")
     t.add_argument("--alpha", type=float, default=d.alpha, help="scoring regulariser weight α (default: %(default)s)")
     t.add_argument("--beta", type=float, default=d.beta, help="TV momentum scale β (default: %(default)s)")
@@ -72,18 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", type=labels_arg, default=d.labels,
                    help="labels the label term scores, e.g. 2 or 1,2,3 (default: every foreground label of the "
                         "training masks; on 2D cardiac slices the myocardium alone, 2, measured better)")
-    t.add_argument("--no-bidir", action="store_true", help="train one direction only")
-    t.add_argument("--int-steps", type=int, default=7, help="scaling-and-squaring steps (0: no integration)")
-    t.add_argument("--enc", type=_ints, default=(16, 32, 32, 32),
-                   help="U-Net encoder features of voxelmorph (and of the AdaCS scoring / NLL variance networks), "
-                        "e.g. 16,32,32,32")
-    t.add_argument("--dec", type=_ints, default=(32, 32, 32, 32, 32, 16, 16), help="U-Net decoder features (as --enc)")
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--picture-every", type=int, default=0, help="write Fig. 4/5 PNGs every N epochs (0: never)")
-    t.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    t.add_argument("--out", required=True, type=Path, help="run directory (rerun with the same --out to resume)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """``adacs evaluate``: a model artifact on labelled pairs, refined as registration would."""
     e = sub.add_parser("evaluate", help="score a model on labelled pairs (DSC, HD, ASD, folding)")
     e.add_argument("--model", required=True, type=Path, help="model artifact directory")
     e.add_argument("--data", required=True, help="data SPEC")
@@ -91,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     _add_refine_flags(e, "evaluation refines every pair as registration does")
 
+
+def _add_register(sub: argparse._SubParsersAction) -> None:
+    """``adacs register``: the service's pipeline on local files (the same flags as ``adacs submit``)."""
     r = sub.add_parser("register", help="register a moving image onto a fixed image")
     r.add_argument("--model", required=True, type=Path, help="model artifact directory")
     r.add_argument("--fixed", required=True, type=Path)
@@ -102,13 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument(f"--{role}-series", help=f"SeriesInstanceUID (or a unique prefix) when the {role} DICOM "
                                                  "folder/zip holds several series")
         r.add_argument(f"--{role}-frame", type=int, help=f"frame (0-based) of a 4D {role} image")
+    r.add_argument("--labels", type=label_names_arg, help=LABELS_HELP)
     r.add_argument("--device", default="auto")
     _add_refine_flags(r, "a 2D stack is refined all slices at once, under one time limit")
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """``adacs demo``: a minute-long tour on phantoms, nothing to download."""
     d = sub.add_parser("demo", help="make a synthetic cardiac pair, train a small model, register the pair")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--epochs", type=int, default=4)
 
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    """``adacs serve``: the API and a worker in one command, for a single machine."""
     s = sub.add_parser("serve", help="the embedded service: API and one Celery worker, SQLite and a filesystem "
                                      "broker under --data-dir (nothing else to install)")
     s.add_argument("--host", default="127.0.0.1", help="address the API listens on")
@@ -117,8 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database, artifacts and broker folder (default: $ADACS_DATA_DIR or ./adacs-data)")
     s.add_argument("--workers", type=int, default=1,
                    help="concurrent jobs: 1 runs the worker with --pool solo, more with a prefork pool")
-    add_remote_commands(sub)  # submit, wait, download, cancel, train-remote, datasets, models
-    return parser
 
 
 def _device(name: str) -> str:
@@ -204,42 +236,23 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _refine_steps(text: str) -> int:
-    try:
-        steps = int(text)
-    except ValueError:
-        steps = -1
-    if steps < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return steps
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
-    return seconds
-
-
 def _add_refine_flags(parser: argparse.ArgumentParser, note: str) -> None:
     """``--refine-steps``/``--refine-time-limit``: unset, the model card's ``inference`` defaults apply."""
-    parser.add_argument("--refine-steps", type=_refine_steps, default=None, metavar="N",
+    parser.add_argument("--refine-steps", type=refine_steps_arg, default=None, metavar="N",
                         help="test-time refinement: N Adam steps on the pair's own image term + smoothness after the "
                              "network's forward pass, never worse by the image term than the network (0: the "
                              f"network's answer; default: the model card's, else 0); {note}")
-    parser.add_argument("--refine-time-limit", type=_seconds, default=None, metavar="S",
+    parser.add_argument("--refine-time-limit", type=seconds_arg, default=None, metavar="S",
                         help="stop refining after S seconds per registration (default: the model card's, else 30)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from models.artifact import load_artifact, write_json_atomic
+    from models.artifact import load_artifact
     from models.data.spec import describe_spec, load_pairs
     from models.evaluate import evaluate_model
+    from models.io.atomic import write_json_atomic
     from models.refine import refine_config
 
     model = load_artifact(args.model, device=_device(args.device))
@@ -257,39 +270,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    import time
-
-    from models.artifact import load_artifact, write_json_atomic
-    from models.io.image import LABEL, SCALAR, Image
-    from models.io.readers import check_mask, check_pair, read_image
-    from models.outputs import write_registration_outputs
-    from models.refine import refine_config
-    from models.register import register_images
-
-    def read(path: Path | None, kind: str, series: str | None = None, frame: int | None = None) -> Image | None:
-        return None if path is None else read_image(path, kind=kind, series=series, frame=frame)
-
-    start = time.perf_counter()
-    model = load_artifact(args.model, device=_device(args.device))
-    load_s = time.perf_counter() - start
-    refine_with = refine_config(model.card, steps=args.refine_steps, time_limit_s=args.refine_time_limit)
-    fixed = read(args.fixed, SCALAR, args.fixed_series, args.fixed_frame)
-    moving = read(args.moving, SCALAR, args.moving_series, args.moving_frame)
-    moving_mask, fixed_mask = read(args.moving_mask, LABEL), read(args.fixed_mask, LABEL)
-    check_pair(fixed, moving)
-    for mask, image in ((moving_mask, moving), (fixed_mask, fixed)):
-        if mask is not None:
-            check_mask(mask, image)
+    """The service's pipeline (``models.register.register_files``) on local files, with a progress bar."""
     from tqdm import tqdm
 
+    from models.artifact import load_artifact
+    from models.register import register_files
+
+    inputs = {role: path for role, path in (("fixed", args.fixed), ("moving", args.moving),
+                                            ("moving_mask", args.moving_mask), ("fixed_mask", args.fixed_mask))
+              if path is not None}
     bar = lambda items, total: tqdm(items, total=total, unit="batch", desc="registering")  # noqa: E731
-    result = register_images(model, fixed, moving, moving_mask, fixed_mask, progress=bar, refine_with=refine_with)
-    write_registration_outputs(args.out, result)
-    result.report.update({"model": str(args.model), "model_load_s": round(load_s, 4),
-                          "wall_s": round(time.perf_counter() - start, 4),
-                          "displacement_units": "mm, ITK LPS physical space, fixed point p -> p + u(p)"})
-    write_json_atomic(args.out / "report.json", result.report)
-    print(json.dumps(result.report, indent=2))
+    done = register_files(lambda: load_artifact(args.model, device=_device(args.device)), inputs, args.out,
+                          model_fields={"model": str(args.model)},
+                          series={"fixed": args.fixed_series, "moving": args.moving_series},
+                          frames={"fixed": args.fixed_frame, "moving": args.moving_frame},
+                          refine_steps=args.refine_steps, refine_time_limit_s=args.refine_time_limit, progress=bar,
+                          label_names=args.labels)
+    print(json.dumps(done.report, indent=2))
     return 0
 
 

@@ -22,35 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.defaults import check_label_weight, check_labels
+from service.cli_args import LABELS_HELP, arch_option, label_names_arg, label_weight_arg, labels_arg
 
 __all__ = ["add_remote_commands", "REMOTE_COMMANDS"]
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 3, 4, 130
-OUTPUTS = ("displacement", "warped-image", "warped-mask", "report", "preview.png")  # service.client.DOWNLOADS
-
-
-def label_weight_arg(text: str) -> float:
-    """``--label-weight``: a finite number > 0, refused as a usage error (the rule of ``models.defaults``)."""
-    try:
-        weight = float(text)
-        check_label_weight(weight)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--label-weight must be a finite number > 0, got {text!r}") from None
-    return weight
-
-
-def labels_arg(text: str) -> tuple[int, ...]:
-    """``--labels 1,2,3``: distinct foreground labels, refused as a usage error (0 is the background)."""
-    try:
-        labels = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer labels, got {text!r}") from None
-    try:
-        check_labels(labels)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return labels
+OUTPUTS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask", "report",
+           "preview.png")  # service.client.DOWNLOADS
 
 
 # Training hyperparameters the CLI can set: (name in the request body, type). Unset ones are not sent,
@@ -61,17 +39,6 @@ HYPERPARAMETERS: tuple[tuple[str, Callable[[str], Any]], ...] = (
     ("beta", float), ("kappa", float), ("seed", int), ("beta_nll", float), ("adareg_sigma", float),
     ("adaframe_a", float), ("adaframe_b", float), ("auxiliary_lr", float), ("supervision", str),
     ("label_weight", label_weight_arg), ("labels", labels_arg))
-
-
-def arch_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with a JSON value (``depths=[2,2,4]``, ``embed_dim=48``); a bare word stays a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
 
 
 # -- shared helpers ------------------------------------------------------------------------------------
@@ -198,20 +165,27 @@ def _wait_training(client, job_id: str, args: argparse.Namespace) -> int:
                                     args.timeout), args)
 
 
+def _queued(client, job: dict[str, Any], args: argparse.Namespace, wait: bool,
+            follow: Callable[[Any, str, argparse.Namespace], int]) -> int:
+    """A job the server just queued: its id on stdout (before any wait, so an interrupted wait still
+    leaves it known), then either its JSON, or ``follow`` it to the end (``--wait``)."""
+    if not args.json:
+        print(job["id"], flush=True)
+    if not wait:
+        if args.json:
+            _print_json(job)
+        return 0
+    return follow(client, job["id"], args)
+
+
 # -- the commands ----------------------------------------------------------------------------------------
 
 @_remote
 def cmd_submit(client, args: argparse.Namespace) -> int:
     job = client.register(args.fixed, args.moving, args.moving_mask, args.fixed_mask, model=args.model,
                           fixed_series=args.fixed_series, moving_series=args.moving_series,
-                          fixed_frame=args.fixed_frame, moving_frame=args.moving_frame)
-    if not args.json:
-        print(job["id"], flush=True)  # before waiting, so the id is known even if the wait is interrupted
-    if not (args.wait or args.out):
-        if args.json:
-            _print_json(job)
-        return 0
-    return _wait_registration(client, job["id"], args)
+                          fixed_frame=args.fixed_frame, moving_frame=args.moving_frame, labels=args.labels)
+    return _queued(client, job, args, bool(args.wait or args.out), _wait_registration)
 
 
 @_remote
@@ -270,13 +244,7 @@ def cmd_train_remote(client, args: argparse.Namespace) -> int:
     job = client.train(args.dataset, args.model_name, architecture=args.arch, method=args.method,
                        hyperparameters=hyperparameters or None, val_fraction=args.val_fraction,
                        architecture_options=dict(args.arch_options) or None)
-    if not args.json:
-        print(job["id"], flush=True)
-    if not args.wait:
-        if args.json:
-            _print_json(job)
-        return 0
-    return _wait_training(client, job["id"], args)
+    return _queued(client, job, args, args.wait, _wait_training)
 
 
 @_remote
@@ -335,6 +303,7 @@ def _add_submit(sub, common: argparse.ArgumentParser) -> None:
     for role in ("fixed", "moving"):
         s.add_argument(f"--{role}-series", help=f"SeriesInstanceUID (or a unique prefix) of the {role} DICOM series")
         s.add_argument(f"--{role}-frame", type=int, help=f"frame (0-based) of a 4D {role} image")
+    s.add_argument("--labels", type=label_names_arg, help=LABELS_HELP)
     s.add_argument("--wait", action="store_true", help="wait with a progress bar until the job has finished")
     s.add_argument("--out", type=Path, help="download every output into this folder (implies --wait)")
     s.add_argument("--timeout", type=float, help="seconds to wait at most (default: no limit)")

@@ -21,10 +21,8 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,13 +31,17 @@ from urllib.parse import quote
 
 import httpx
 
+from models.io.archive import write_zip
+from models.io.atomic import atomic_write
+
 __all__ = ["AdacsClient", "AdacsApiError", "DownloadError", "parse_sse", "DEFAULT_SERVER", "DOWNLOADS", "FINISHED"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # URL segments of a registration's outputs. The server's table (service.api.routes.registrations.
 # DOWNLOADS) is not imported: it would pull the image readers into the client. A test keeps them equal.
-DOWNLOADS = ("displacement", "warped-image", "warped-mask", "report", "preview.png")
+DOWNLOADS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask", "report",
+             "preview.png")
 # The server checks an uploaded dataset or model before it answers; that may take minutes.
 UPLOAD_READ_TIMEOUT_S = 600.0
 _SHA256 = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
@@ -118,9 +120,7 @@ def _upload(path: Path, files: ExitStack) -> tuple[str, BinaryIO]:
     if not path.is_dir():
         return path.name, files.enter_context(open(path, "rb"))
     spool = files.enter_context(tempfile.TemporaryFile(suffix=".zip"))
-    with zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as archive:
-        for member in sorted(p for p in path.rglob("*") if p.is_file()):
-            archive.write(member, member.relative_to(path).as_posix())
+    write_zip(spool, path)
     spool.seek(0)
     return f"{path.name}.zip", spool
 
@@ -128,25 +128,18 @@ def _upload(path: Path, files: ExitStack) -> tuple[str, BinaryIO]:
 def _save_atomically(chunks: Iterable[bytes], dest: Path, sha256: str | None) -> None:
     """Write ``chunks`` to a hidden file in ``dest``'s folder, then rename it to ``dest``.
 
-    The rename is atomic within one file system, so readers see the old file or the whole new one.
-    The hidden file is opened with ``open(..., "xb")`` rather than ``tempfile``, which would leave the
-    result readable by its owner only.
+    The rename is atomic within one file system, so readers see the old file or the whole new one;
+    a sha256 that differs from the server's raises inside the block, so ``dest`` is left untouched.
+    The file gets the permissions ``open`` would give it (``private=False``): it is the user's own.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.part"
     digest = hashlib.sha256()
-    try:
-        with open(partial, "xb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-                digest.update(chunk)
+    with atomic_write(dest, "wb", private=False) as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+            digest.update(chunk)
         if sha256 is not None and digest.hexdigest() != sha256:
             raise DownloadError(f"{dest.name}: the download's sha256 {digest.hexdigest()} differs from the "
                                 f"server's {sha256}; download it again")
-        os.replace(partial, dest)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _pause(deadline: float | None, seconds: float, waiting_for: str) -> None:
@@ -157,6 +150,19 @@ def _pause(deadline: float | None, seconds: float, waiting_for: str) -> None:
             raise TimeoutError(f"gave up waiting for {waiting_for}")
         seconds = min(seconds, left)
     time.sleep(seconds)
+
+
+def _poll_once(read: Callable[[], Job], on_progress: OnProgress, deadline: float | None, poll_s: float,
+               waiting_for: str, timeout: float | None) -> Job | None:
+    """One poll of a job being waited for: read it and hand it to ``on_progress``; the job once it has
+    finished, else None after a pause (``TimeoutError`` once ``deadline`` has passed)."""
+    job = read()
+    if on_progress is not None:
+        on_progress(job)
+    if job["status"] in FINISHED:
+        return job
+    _pause(deadline, poll_s, f"{waiting_for} (still {job['status']} after {timeout} s)")
+    return None
 
 
 class AdacsClient:
@@ -231,14 +237,16 @@ class AdacsClient:
     def register(self, fixed: PathLike, moving: PathLike, moving_mask: PathLike | None = None,
                  fixed_mask: PathLike | None = None, *, model: str | None = None, wait: float = 0,
                  fixed_series: str | None = None, moving_series: str | None = None,
-                 fixed_frame: int | None = None, moving_frame: int | None = None) -> Job:
+                 fixed_frame: int | None = None, moving_frame: int | None = None,
+                 labels: dict[str, str] | None = None) -> Job:
         """Upload a pair (and masks) and queue its registration; the job as the server answers it.
+        ``labels`` (``{"2": "myocardium"}``) name the mask's labels in the report.
 
         ``wait`` (at most 60 s) lets the server answer with the finished job when it ends that soon.
         A folder (a DICOM series) is zipped on the way.
         """
         form = {"model": model, "fixed_series": fixed_series, "moving_series": moving_series,
-                "fixed_frame": fixed_frame, "moving_frame": moving_frame}
+                "fixed_frame": fixed_frame, "moving_frame": moving_frame, "labels": labels and json.dumps(labels)}
         roles = {"fixed": fixed, "moving": moving, "moving_mask": moving_mask, "fixed_mask": fixed_mask}
         with ExitStack() as files:
             parts = {role: _upload(Path(path), files) for role, path in roles.items() if path is not None}
@@ -261,12 +269,10 @@ class AdacsClient:
         gets every job read. Raises ``TimeoutError`` after ``timeout`` seconds (None: never)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self.get_registration(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job["status"] in FINISHED:
+            job = _poll_once(lambda: self.get_registration(job_id), on_progress, deadline, poll_s,
+                             f"registration {job_id}", timeout)
+            if job is not None:
                 return job
-            _pause(deadline, poll_s, f"registration {job_id} (still {job['status']} after {timeout} s)")
 
     def download(self, job_id: str, what: str, dest: PathLike) -> Path:
         """One output (``what`` in :data:`DOWNLOADS`) to ``dest``, a file or an existing folder (then the
@@ -387,9 +393,7 @@ class AdacsClient:
                     streaming = False  # the read below raises the same error if the job itself is unknown
                 except httpx.TransportError:
                     pass  # dropped or silent: read the job, then subscribe again
-            job = self.get_training_job(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job["status"] in FINISHED:
+            job = _poll_once(lambda: self.get_training_job(job_id), on_progress, deadline, poll_s,
+                             f"training job {job_id}", timeout)
+            if job is not None:
                 return job
-            _pause(deadline, poll_s, f"training job {job_id} (still {job['status']} after {timeout} s)")

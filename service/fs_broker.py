@@ -8,20 +8,21 @@ the message is gone (kombu issue #1551). The service benchmark lost 2 jobs in ab
 Here a message is written whole to a hidden file in the same folder and renamed to its final name,
 so a consumer sees all of it or nothing. Hidden names do not end in ``.<queue>.msg`` and are
 never picked up. Selected with Celery's ``broker_transport`` setting whenever the broker URL is
-``filesystem://`` (``service.tasks.client_config``, ``worker.celery_app.celery_config``).
+``filesystem://`` (``service.jobs.tasks.broker_config``, for senders and workers alike).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import uuid
+from pathlib import Path
 from time import monotonic
 
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
+
+from models.io.atomic import atomic_write
 
 __all__ = ["Channel", "Transport", "TRANSPORT"]
 
@@ -32,16 +33,10 @@ class Channel(filesystem.Channel):
     def _put(self, queue: str, payload: dict, **kwargs: object) -> None:
         """Put ``payload`` on ``queue``: written to a hidden file, then renamed into place."""
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
-        fd, staging = tempfile.mkstemp(dir=self.data_folder_out, prefix=".staging-")
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with atomic_write(Path(self.data_folder_out) / name) as handle:
                 handle.write(str_to_bytes(dumps(payload)))
-            os.replace(staging, os.path.join(self.data_folder_out, name))
         except OSError as error:
-            try:
-                os.unlink(staging)
-            except OSError:
-                pass
             raise filesystem.ChannelError(f"cannot add a message to {self.data_folder_out!r}") from error
 
 

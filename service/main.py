@@ -33,8 +33,8 @@ from service.api.routes import datasets, health, models, registrations, training
 from service.core.config import Settings, get_settings
 from service.core.privacy import use_private_umask
 from service.db import make_engine, make_session_factory
+from service.jobs.tasks import TaskSender
 from service.storage import LocalArtifactStore
-from service.tasks import TaskSender
 
 __all__ = ["create_app", "operation_id", "app", "DOCS_ASSETS"]
 

@@ -39,7 +39,7 @@ __all__ = ["serve", "worker_command", "WorkerSupervisor", "WORKER_PID_FILE"]
 log = logging.getLogger("adacs.serve")
 
 WORKER_PID_FILE = "worker.pid"
-QUEUES = ("inference", "training")  # worker.celery_app's INFERENCE_QUEUE and TRAINING_QUEUE
+QUEUES = ("inference", "training")  # the defaults of ADACS_INFERENCE_QUEUE and ADACS_TRAINING_QUEUE (settings)
 STOP_TIMEOUT_S = 15.0
 MAX_BACKOFF_S = 30.0
 QUICK_FAILURE_S = 30.0

@@ -9,7 +9,6 @@ Redis is down (``ADACS_TEST_REDIS_URL``, default database 15 so tests never touc
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import shutil
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
+from models.io.archive import write_zip, zip_bytes
 
 POSTGRES_ADMIN_ENV = "ADACS_TEST_POSTGRES_URL"
 POSTGRES_ADMIN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -132,7 +133,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from models.artifact import save_artifact
     from models.intensity import IntensityConfig
-    from models.networks.estimator import EstimatorConfig, build_estimator
+    from models.networks.estimator import EstimatorConfig
+    from models.networks.registry import build_estimator
 
     torch.manual_seed(0)
     config = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4))
@@ -185,10 +187,9 @@ def write_dicom_series_zip(array: np.ndarray, spacing, path: Path,
     """A DICOM zip the way a PACS export looks (one file per slice), one folder per series."""
     for n, uid in enumerate(uids):
         _write_series(array, spacing, path.parent / f"dicom{n}", uid)
-    with zipfile.ZipFile(path, "w") as archive:
-        for n in range(len(uids)):
-            for file in sorted((path.parent / f"dicom{n}").iterdir()):
-                archive.write(file, f"series{n}/{file.name}")
+    members = {f"series{n}/{file.name}": file.read_bytes() for n in range(len(uids))
+               for file in sorted((path.parent / f"dicom{n}").iterdir())}
+    write_zip(path, members=members, compression=zipfile.ZIP_STORED)
     return path
 
 
@@ -201,11 +202,7 @@ def dicom_zip() -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def model_zip(model_dir: Path) -> bytes:
     """The tiny model's artifact zipped, as ``POST /v1/models`` takes it."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for file in sorted(model_dir.iterdir()):
-            archive.write(file, file.name)
-    return buffer.getvalue()
+    return zip_bytes(model_dir, compression=zipfile.ZIP_STORED)
 
 
 class LiveServer:
@@ -268,20 +265,10 @@ def _write_manifest_dataset(folder: Path, n_pairs: int = 8, size: int = 32, seed
     return folder
 
 
-def _zip_tree(folder: Path, prefix: str = "") -> bytes:
-    """The bytes of a zip holding ``folder``'s files under ``prefix``."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, prefix + path.relative_to(folder).as_posix())
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
 def dataset_zip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A small training set as users upload it: a zip of a folder with a manifest and 8 phantom pairs."""
-    return _zip_tree(_write_manifest_dataset(tmp_path_factory.mktemp("dataset") / "study"), prefix="study/")
+    return zip_bytes(_write_manifest_dataset(tmp_path_factory.mktemp("dataset") / "study"), prefix="study/")
 
 
 @pytest.fixture(scope="session")
@@ -291,9 +278,11 @@ def manifest_dataset() -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def zip_tree() -> Callable[..., bytes]:
-    """``zip_tree(folder, prefix="")`` -> the zip bytes of every file under ``folder`` (recursively)."""
-    return _zip_tree
+def zip_folder() -> Callable[..., bytes]:
+    """``zip_folder(folder, prefix="", members={name: bytes})`` -> the zip bytes of every file under
+    ``folder`` (recursively), then of the extra members: :func:`models.io.archive.zip_bytes`, for tests
+    in any folder (conftest modules are not importable)."""
+    return zip_bytes
 
 
 class WorkerProcess:

@@ -17,13 +17,9 @@ from models.intensity import IntensityConfig
 from models.losses import background_mask
 from models.networks import scoring
 from models.networks.diffusemorph import alpha_bar_linear, noise_target, timestep_embedding
-from models.networks.estimator import (
-    ARCHITECTURES,
-    EstimatorConfig,
-    build_estimator,
-    resolve_options,
-)
+from models.networks.estimator import EstimatorConfig
 from models.networks.pyramid import PyramidOptions, downsample_image, image_pyramid, level_shapes
+from models.networks.registry import ARCHITECTURES, build_estimator, resolve_options
 from models.trainer import TrainConfig, train
 from models.warp import warp
 from service.cli import main

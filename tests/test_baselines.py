@@ -26,7 +26,8 @@ from models.data.synthetic import PhantomConfig, make_phantom_dataset
 from models.inference import predict_disp, stack_pairs
 from models.losses import smoothness
 from models.networks import scoring, variance
-from models.networks.estimator import EstimatorConfig, build_estimator
+from models.networks.estimator import EstimatorConfig
+from models.networks.registry import build_estimator
 from models.networks.variance import LOG_VAR_BOUND, VarianceNet
 from models.objectives import (
     EQ3,
@@ -47,9 +48,9 @@ from models.trainer import (
     PHASE_WARMUP_DISPLACEMENT,
     PHASE_WARMUP_SCORING,
     TrainConfig,
-    _displacement_update,
     train,
 )
+from models.training.steps import displacement_update
 from service.cli import main
 
 TINY = EstimatorConfig(enc=(8, 8), dec=(8, 8, 8))
@@ -272,8 +273,8 @@ def test_joint_update_steps_both_networks():
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (estimator, net)]
     cfg = TrainConfig(method="nll", batch_size=4, micro_batch_size=2, estimator=TINY)
     micro = [(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)) for _ in range(2)]
-    logs = _displacement_update(estimator, None, torch.optim.Adam(estimator.parameters()), micro, cfg,
-                                net, torch.optim.Adam(net.parameters()))
+    logs = displacement_update(estimator, None, torch.optim.Adam(estimator.parameters()), micro, cfg,
+                               net, torch.optim.Adam(net.parameters()))
     for module, state in zip((estimator, net), before):
         assert not all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
     assert abs(logs["log_var_mean"]) < 1e-3 and "aux" not in logs
@@ -300,7 +301,7 @@ def test_aux_loss_is_added_to_the_total_and_logged():
     estimator = WithAuxLoss()
     micro = [(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))]
     cfg = TrainConfig(method="none", batch_size=2, micro_batch_size=2, estimator=TINY)
-    logs = _displacement_update(estimator, None, torch.optim.SGD(estimator.parameters(), lr=0.1), micro, cfg)
+    logs = displacement_update(estimator, None, torch.optim.SGD(estimator.parameters(), lr=0.1), micro, cfg)
     assert logs["aux"] == pytest.approx(4.0)
     assert logs["loss_de"] == pytest.approx(logs["data"] + cfg.lam * logs["smooth"] + 4.0)
     assert estimator.extra.item() == pytest.approx(2.0 - 0.1 * 4.0)  # its gradient 2·extra reached it
@@ -413,7 +414,15 @@ def test_every_method_trains_through_the_cli(method, tmp_path, monkeypatch, caps
 
 @pytest.mark.parametrize("method", ["nll", "adareg", "adaframe"])
 def test_baselines_train_in_3d(method, tmp_path):
+    from models.warp import warp
+
     pairs = make_phantom_dataset(PhantomConfig(dims=3, size=24, n=4, seed=0))
-    result = train(tiny_config(method, warmup_epochs=0, steps_per_epoch=1), pairs, tmp_path, val_pairs=pairs[:2])
+    cfg = tiny_config(method, warmup_epochs=0, steps_per_epoch=2)
+    result = train(cfg, pairs, tmp_path, val_pairs=pairs[:2])
     assert result.estimator.flow.weight.shape[:2] == (3, 8)  # a 3-channel field from 3D convolutions
-    assert math.isfinite(result.history[-1]["loss_de"]) and 0.0 <= result.history[-1]["val_dice"] <= 100.0
+    assert math.isfinite(result.history[-1]["loss_de"])
+    # Better than no registration, by the image term: two updates are too few to move a nearest-neighbour
+    # warped mask (val Dice stays the identity's). 0.988 of the identity's for each method when written.
+    moving, fixed = stack_pairs(pairs[:2], cfg.intensity)
+    warped = warp(moving, predict_disp(result.estimator, moving, fixed))
+    assert ((warped - fixed) ** 2).mean() < 0.995 * ((moving - fixed) ** 2).mean()

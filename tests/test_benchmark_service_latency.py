@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,18 @@ QUICK = ["--quick", "--shape-2d", "32,32", "--shape-3d", "16,16,16", "--repeats"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("service_latency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(SCRIPT.parent))  # the script imports its siblings service_latency_*
+        spec = importlib.util.spec_from_file_location("service_latency", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def api(bench):
+    """The script's API helpers: the sibling module it imported."""
+    return sys.modules["service_latency_client"]
 
 
 def table_rows(text: str, first_cell: str) -> list[list[str]]:
@@ -37,7 +46,7 @@ def numbers(cells: list[str]) -> list[float]:
     return [float(cell) for cell in cells]
 
 
-def test_quick_run_writes_the_tables(bench, tmp_path, capsys):
+def test_quick_run_writes_the_tables(bench, api, tmp_path, capsys):
     out = tmp_path / "service_latency.md"
     assert bench.main([*QUICK, "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
@@ -55,10 +64,10 @@ def test_quick_run_writes_the_tables(bench, tmp_path, capsys):
         assert api_minus_forward == pytest.approx(api_median - forward, abs=0.15)
         assert ratio == pytest.approx(api_median / forward, rel=0.05, abs=0.06)
         stages = numbers(stage_cells)
-        assert len(stages) == len(bench.SPLIT) and min(stages) >= 0
+        assert len(stages) == len(api.SPLIT) and min(stages) >= 0
         assert stages[-1] == pytest.approx(api_median, abs=0.05)  # `total` is the API's end-to-end time
         assert all(stage <= stages[-1] for stage in stages)
-        named = dict(zip(bench.SPLIT, stages))
+        named = dict(zip(api.SPLIT, stages))
         assert 0 < named["predict"] <= named["register"]  # the worker's forward is a part of its register stage
 
     for clients in (1, 2):
@@ -101,15 +110,15 @@ def test_p90_known_answers(bench):
     assert bench.p90([1.0, 2.0, 3.0]) == 3.0
 
 
-def test_split_of_one_request(bench):
+def test_split_of_one_request(api):
     job = {"created_at": "2026-01-01T00:00:00.250000Z", "started_at": "2026-01-01T00:00:00.400000Z",
            "finished_at": "2026-01-01T00:00:01.500000+00:00",
            "timings_s": {"load_model": 0.01, "read_inputs": 0.09, "register": 0.6, "write_outputs": 0.3,
                          "total": 1.0}, "report": {"predict_s": 0.4}}
-    sent = bench._epoch_s("2026-01-01T00:00:00Z")
-    stages = bench.split(job, sent, sent + 1.75, sent + 1.8)
+    sent = api._epoch_s("2026-01-01T00:00:00Z")
+    stages = api.split(job, sent, sent + 1.75, sent + 1.8)
     expected = {"upload": 0.25, "queue": 0.15, "load_model": 0.01, "read_inputs": 0.09, "register": 0.6,
                 "predict": 0.4, "write_outputs": 0.3, "bookkeeping": 0.1, "respond": 0.25, "download": 0.05,
                 "total": 1.8}
-    assert list(stages) == list(bench.SPLIT)
+    assert list(stages) == list(api.SPLIT)
     assert stages == pytest.approx(expected, abs=1e-6)

@@ -1,6 +1,6 @@
 """The API's lists of architectures and methods are exactly what the science offers."""
 
-from models.networks.estimator import ARCHITECTURES
+from models.networks.registry import ARCHITECTURES
 from models.objectives import METHODS
 from service.catalog import ARCHITECTURE_NAMES, METHOD_NAMES
 

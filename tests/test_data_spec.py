@@ -74,17 +74,16 @@ def test_synthetic_unknown_key_names_allowed_keys():
         load_pairs("synthetic:n=2,colour=red")
 
 
-def test_synthetic_bad_values():
-    with pytest.raises(ValueError, match=r"n='three'.*int"):
-        describe_spec("synthetic:n=three")
-    with pytest.raises(ValueError, match=r"size='2.5'.*int"):
-        describe_spec("synthetic:size=2.5")
-    with pytest.raises(ValueError, match=r"noise='lots'.*float"):
-        describe_spec("synthetic:noise=lots")
-    with pytest.raises(ValueError, match=r"malformed synthetic option 'n3'"):
-        describe_spec("synthetic:n3")
-    with pytest.raises(ValueError, match="given twice"):
-        describe_spec("synthetic:n=2,n=3")
+@pytest.mark.parametrize("spec, message", [
+    ("synthetic:n=three", r"n='three'.*int"),
+    ("synthetic:size=2.5", r"size='2.5'.*int"),
+    ("synthetic:noise=lots", r"noise='lots'.*float"),
+    ("synthetic:n3", r"malformed synthetic option 'n3'"),
+    ("synthetic:n=2,n=3", "given twice"),
+])
+def test_synthetic_bad_values(spec, message):
+    with pytest.raises(ValueError, match=message):
+        describe_spec(spec)
 
 
 # ---------------------------------------------------------------------------------------------------

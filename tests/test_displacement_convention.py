@@ -15,9 +15,9 @@ import SimpleITK as sitk
 import torch
 from scipy.ndimage import gaussian_filter
 
-from models.geometry import warp_physical
 from models.io.image import Geometry, Image
 from models.io.writers import displacement_image
+from models.resample import warp_physical
 from models.warp import warp
 
 

@@ -36,7 +36,8 @@ def test_evaluation_refines_as_the_model_card_says(pairs):
     from models.artifact import LoadedModel
     from models.evaluate import evaluate_model
     from models.intensity import IntensityConfig
-    from models.networks.estimator import EstimatorConfig, build_estimator
+    from models.networks.estimator import EstimatorConfig
+    from models.networks.registry import build_estimator
     from models.refine import RefineConfig
 
     torch.manual_seed(0)

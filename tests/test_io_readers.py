@@ -19,7 +19,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from models.io.archive import extract_zip
+from models.io.archive import extract_zip, write_zip
 from models.io.errors import FrameRequiredError, MultipleSeriesError
 from models.io.image import Geometry, Image
 from models.io.readers import ImageHeader, check_header, check_mask, check_pair, read_header, read_image
@@ -90,14 +90,6 @@ def write_dicom_series(folder, array, spacing=SPACING, origin=ORIGIN, direction=
         writer.SetFileName(str(files[-1]))
         writer.Execute(piece)
     return files
-
-
-def zip_folder(folder, archive):
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(Path(folder).rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(folder).as_posix())
-    return archive
 
 
 def enhanced_multiframe(path, array, spacing=SPACING, origin=ORIGIN, direction=OBLIQUE, descending=False):
@@ -245,7 +237,7 @@ def test_mhd_with_raw_inside_a_zip(tmp_path):
     (tmp_path / "src").mkdir()
     write(tmp_path / "src" / "brain.mhd", array, direction=OBLIQUE)
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["brain.mhd", "brain.raw"]
-    archive = zip_folder(tmp_path / "src", tmp_path / "upload.zip")
+    archive = write_zip(tmp_path / "upload.zip", tmp_path / "src")
     image = read_image(archive)
     np.testing.assert_array_equal(image.array, array)
     assert_geometry(image, SPACING, ORIGIN, OBLIQUE)
@@ -259,7 +251,7 @@ def test_dicom_series_folder_and_zip(tmp_path):
     array = volume()
     flipped = tuple((rotation(0.1, 0.2, -0.4) @ np.diag([1, -1, 1])).ravel())
     write_dicom_series(tmp_path / "series", array, direction=OBLIQUE)
-    archive = zip_folder(tmp_path / "series", tmp_path / "series.zip")
+    archive = write_zip(tmp_path / "series.zip", tmp_path / "series")
     for source in (tmp_path / "series", archive):
         image = read_image(source)
         np.testing.assert_array_equal(image.array, array)
@@ -317,7 +309,7 @@ def test_several_series_need_a_choice(tmp_path):
     first, second = volume(seed=1), volume(seed=2)
     write_dicom_series(tmp_path / "pack" / "t1", first, uid="1.2.826.0.1.3680043.9.7.1", description="T1 axial")
     write_dicom_series(tmp_path / "pack" / "t2", second[:4], uid="1.2.826.0.1.3680043.9.7.22", description="T2")
-    archive = zip_folder(tmp_path / "pack", tmp_path / "two.zip")
+    archive = write_zip(tmp_path / "two.zip", tmp_path / "pack")
     with pytest.raises(MultipleSeriesError) as info:
         read_image(archive)
     message = str(info.value)
@@ -426,7 +418,7 @@ def test_read_header_without_pixels(tmp_path):
     np.testing.assert_allclose(header.spacing[:3], SPACING)
     assert check_header(header, frame=2) == (2,)
     write_dicom_series(tmp_path / "s", volume(), direction=OBLIQUE, uid="1.2.3.99")
-    header = read_header(zip_folder(tmp_path / "s", tmp_path / "s.zip"))
+    header = read_header(write_zip(tmp_path / "s.zip", tmp_path / "s"))
     assert (header.format, header.size, header.series_uid, header.pixel_type) == ("dicom", (16, 12, 5), "1.2.3.99",
                                                                                    "int16")
     np.testing.assert_allclose(header.direction, OBLIQUE, atol=1e-6)
@@ -461,10 +453,8 @@ def test_checks_pass_on_matching_pairs(tmp_path):
 
 
 def test_extract_zip_layout(tmp_path):
-    with zipfile.ZipFile(tmp_path / "nested.zip", "w") as zf:
-        zf.writestr("a/b/c.txt", "hello")
-        zf.writestr("a/", "")
-        zf.writestr("top.bin", b"\x00" * 10)
+    write_zip(tmp_path / "nested.zip", members={"a/b/c.txt": "hello", "a/": "", "top.bin": b"\x00" * 10},
+              compression=zipfile.ZIP_STORED)
     out = extract_zip(tmp_path / "nested.zip", tmp_path / "dest")
     assert out == tmp_path / "dest" / "nested"
     assert (out / "a" / "b" / "c.txt").read_text(encoding="utf-8") == "hello" and (out / "top.bin").stat().st_size == 10

@@ -9,10 +9,12 @@ import torch
 from models.data.synthetic import BLOOD_POOL, PhantomConfig, make_phantom_dataset, make_phantom_pair
 from models.defaults import SUPERVISIONS, TRAIN_DEFAULTS
 from models.losses import one_hot_labels, soft_dice_loss
-from models.networks.estimator import ARCHITECTURES, Deformation, EstimatorConfig, build_estimator
+from models.networks.estimator import Deformation, EstimatorConfig
+from models.networks.registry import ARCHITECTURES, build_estimator
 from models.networks.scoring import ScoringNet
 from models.objectives import SUPERVISION_TERMS, Direction, directions, displacement_loss, label_dice, label_term
-from models.trainer import PHASE_WARMUP_SCORING, Batch, TrainConfig, _displacement_update, _scoring_update, train
+from models.trainer import PHASE_WARMUP_SCORING, Batch, TrainConfig, train
+from models.training.steps import displacement_update, scoring_update
 
 TINY = EstimatorConfig(enc=(8, 8), dec=(8, 8, 8))
 MYO = 2
@@ -163,11 +165,11 @@ def test_the_scoring_update_is_the_same_with_or_without_masks():
     batch = _phantom_batch()
     cfg = tiny_config()
     start = {k: v.clone() for k, v in scorer.state_dict().items()}
-    with_masks = _scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()), [batch], 0.5, cfg)
+    with_masks = scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()), [batch], 0.5, cfg)
     after_masks = {k: v.clone() for k, v in scorer.state_dict().items()}
     scorer.load_state_dict(start)
-    without = _scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()),
-                              [(batch.moving, batch.fixed)], 0.5, cfg)
+    without = scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()),
+                             [(batch.moving, batch.fixed)], 0.5, cfg)
     assert with_masks == without
     assert all(torch.equal(after_masks[k], v) for k, v in scorer.state_dict().items())
 
@@ -251,8 +253,8 @@ def test_the_label_term_trains_every_architecture(arch):
     torch.manual_seed(0)
     estimator = build_estimator(config)
     before = {k: v.clone() for k, v in estimator.state_dict().items()}
-    logs = _displacement_update(estimator, None, torch.optim.Adam(estimator.parameters(), lr=1e-3),
-                                [_phantom_batch()], tiny_config(estimator=config), extras=[label_term((MYO,), 0.3)])
+    logs = displacement_update(estimator, None, torch.optim.Adam(estimator.parameters(), lr=1e-3),
+                               [_phantom_batch()], tiny_config(estimator=config), extras=[label_term((MYO,), 0.3)])
     assert 0.0 < logs["label_dice"] < 1.0
     assert any(not torch.equal(before[k], v) for k, v in estimator.state_dict().items())
 

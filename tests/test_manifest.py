@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from models.data.crop import mask_centroid
 from models.data.manifest import load_manifest
 from models.data.spec import describe_spec, load_pairs
+from models.io.archive import write_zip
 from models.io.errors import DimensionMismatchError, NotAnImageError, UnreadableImageError
 
 # The fixed 2D grid: ITK size (x=30, y=24), spacing (x=0.5, y=0.8) mm, origin (0, 0).
@@ -141,8 +142,7 @@ def test_spec_strings(tmp_path, images, monkeypatch):
 def test_dicom_folder_and_zip(tmp_path, images):
     pattern = (np.arange(24 * 30).reshape(24, 30) % 50).astype(np.int16)
     _write(pattern, tmp_path / "dicom" / "series" / "slice.dcm", FIXED_SPACING)
-    with zipfile.ZipFile(tmp_path / "dicom.zip", "w") as archive:
-        archive.write(tmp_path / "dicom" / "series" / "slice.dcm", "series/slice.dcm")
+    write_zip(tmp_path / "dicom.zip", tmp_path / "dicom", compression=zipfile.ZIP_STORED)
     csv_path = write_csv(
         tmp_path / "pairs.csv",
         "fixed,moving,fixed_mask\n"

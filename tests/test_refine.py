@@ -10,7 +10,8 @@ from models.inference import predict_deformation, stack_pairs
 from models.intensity import IntensityConfig
 from models.io.image import LABEL, Geometry, Image
 from models.losses import background_mask, smoothness
-from models.networks.estimator import Deformation, EstimatorConfig, build_estimator
+from models.networks.estimator import Deformation, EstimatorConfig
+from models.networks.registry import build_estimator
 from models.refine import (
     RefineConfig,
     estimate_and_refine,

@@ -1,6 +1,7 @@
 """Algorithm 1: phases, which network moves when, stop-gradients, m_t, exact resume, accuracy floor."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 from models.checkpoint import load_checkpoint
 from models.data.synthetic import PhantomConfig, make_phantom_dataset
 from models.losses import mean_squared_gradient, momentum_update
-from models.networks.estimator import EstimatorConfig, build_estimator
+from models.networks.estimator import EstimatorConfig
+from models.networks.registry import build_estimator
 from models.networks.scoring import ScoringNet
 from models.objectives import directions, displacement_loss, scoring_objective
 from models.trainer import (
@@ -19,14 +21,13 @@ from models.trainer import (
     PHASE_WARMUP_SCORING,
     ProgressEvent,
     TrainConfig,
-    _displacement_update,
-    _scoring_update,
-    _warmup_warnings,
     displacement_updates,
     displacement_updates_before,
     lr_factor,
     train,
 )
+from models.training.steps import displacement_update, scoring_update
+from models.training.validation import warmup_warnings
 
 TINY = EstimatorConfig(enc=(8, 8), dec=(8, 8, 8))
 
@@ -107,12 +108,12 @@ def test_update_steps_leave_the_other_network_untouched():
     cfg = tiny_config()
     micro = [(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)) for _ in range(2)]
     scorer_before = {k: v.clone() for k, v in scorer.state_dict().items()}
-    _displacement_update(estimator, scorer, torch.optim.Adam(estimator.parameters()), micro, cfg)
+    displacement_update(estimator, scorer, torch.optim.Adam(estimator.parameters()), micro, cfg)
     assert all(p.grad is None for p in scorer.parameters())
     assert all(torch.equal(v, scorer_before[k]) for k, v in scorer.state_dict().items())
     estimator.zero_grad(set_to_none=True)
     estimator_before = {k: v.clone() for k, v in estimator.state_dict().items()}
-    _scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()), micro, 1.0, cfg)
+    scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()), micro, 1.0, cfg)
     assert all(p.grad is None for p in estimator.parameters())
     assert all(torch.equal(v, estimator_before[k]) for k, v in estimator.state_dict().items())
 
@@ -126,9 +127,9 @@ def test_scoring_residuals_come_from_the_estimator_as_it_registers():
     seen: list[bool] = []
     estimator.register_forward_pre_hook(lambda module, args: seen.append(module.training))
     estimator.train()
-    _scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()), micro, 1.0, cfg)
+    scoring_update(estimator, scorer, torch.optim.Adam(scorer.parameters()), micro, 1.0, cfg)
     assert seen == [False] and estimator.training
-    _displacement_update(estimator, scorer, torch.optim.Adam(estimator.parameters()), micro, cfg)
+    displacement_update(estimator, scorer, torch.optim.Adam(estimator.parameters()), micro, cfg)
     assert seen == [False, True] and estimator.training
 
 
@@ -150,16 +151,21 @@ class Interrupt(Exception):
     pass
 
 
+def interrupt_after_epoch(cfg, pairs, out: Path, epoch: int) -> None:
+    """Train ``cfg`` into ``out`` and stop it (as a killed worker would) once epoch ``epoch`` is saved."""
+    def stop(event):
+        if event.kind == "epoch" and event.epoch == epoch:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, pairs, out, callback=stop)
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(pairs, tmp_path):
     cfg = tiny_config()
     full = train(cfg, pairs, tmp_path / "full")
 
-    def stop_after_second_epoch(event):
-        if event.kind == "epoch" and event.epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(tiny_config(), pairs, tmp_path / "resumed", callback=stop_after_second_epoch)
+    interrupt_after_epoch(tiny_config(), pairs, tmp_path / "resumed", 1)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints")["epoch"] == 2
     resumed = train(tiny_config(), pairs, tmp_path / "resumed")
     full_state, resumed_state = full.estimator.state_dict(), resumed.estimator.state_dict()
@@ -200,11 +206,20 @@ def test_training_beats_identity_on_phantoms(tmp_path):
 
 
 def test_adacs_trains_in_3d(tmp_path):
+    from models.inference import predict_disp, stack_pairs
+    from models.warp import warp
+
     pairs = make_phantom_dataset(PhantomConfig(dims=3, size=24, n=4, seed=0))
-    result = train(tiny_config(steps_per_epoch=1), pairs, tmp_path, val_pairs=pairs[:2])
+    cfg = tiny_config(steps_per_epoch=1)
+    result = train(cfg, pairs, tmp_path, val_pairs=pairs[:2])
     assert [h["phase"] for h in result.history][-1] == PHASE_ALTERNATING
     assert result.estimator.flow.weight.shape[:2] == (3, 8)  # a 3-channel field from 3D convolutions
-    assert 0.0 <= result.history[-1]["val_dice"] <= 100.0
+    # Better than no registration. Two updates move the field by less than the half voxel that would
+    # change a nearest-neighbour warped mask (val Dice stays the identity's), so the image term the
+    # estimator trains on is the measure: 0.987 of the identity's when written.
+    moving, fixed = stack_pairs(pairs[:2], cfg.intensity)
+    warped = warp(moving, predict_disp(result.estimator, moving, fixed))
+    assert ((warped - fixed) ** 2).mean() < 0.995 * ((moving - fixed) ** 2).mean()
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
@@ -213,12 +228,7 @@ def test_interrupted_and_resumed_nll_run_equals_uninterrupted(pairs, tmp_path):
     cfg = lambda: tiny_config(method="nll", epochs=2)  # noqa: E731  3 displacement epochs
     full = train(cfg(), pairs, tmp_path / "full")
 
-    def stop_after_second_epoch(event):
-        if event.kind == "epoch" and event.epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg(), pairs, tmp_path / "resumed", callback=stop_after_second_epoch)
+    interrupt_after_epoch(cfg(), pairs, tmp_path / "resumed", 1)
     resumed = train(cfg(), pairs, tmp_path / "resumed")
     full_state, resumed_state = full.estimator.state_dict(), resumed.estimator.state_dict()
     assert all(torch.equal(full_state[k], resumed_state[k]) for k in full_state)
@@ -233,12 +243,7 @@ def test_a_checkpoint_from_before_the_baselines_still_resumes(pairs, tmp_path):
     """Checkpoints written before the baselines existed lack their settings and networks: they resume."""
     full = train(tiny_config(), pairs, tmp_path / "full")
 
-    def stop_after_second_epoch(event):
-        if event.kind == "epoch" and event.epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(tiny_config(), pairs, tmp_path / "old", callback=stop_after_second_epoch)
+    interrupt_after_epoch(tiny_config(), pairs, tmp_path / "old", 1)
     path = tmp_path / "old" / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=True)
     for key in ("auxiliary", "opt_auxiliary"):
@@ -262,20 +267,20 @@ def test_smoothness_is_scaled_by_int_downsize_only_where_the_estimator_uses_it(i
     with torch.no_grad():
         vel = estimator(*micro[0]).vel
     assert vel.shape[-1] == 32 // factor  # the velocity's grid: full resolution without integration
-    logs = _displacement_update(estimator, None, torch.optim.Adam(estimator.parameters()), micro,
-                                tiny_config(estimator=config))
+    logs = displacement_update(estimator, None, torch.optim.Adam(estimator.parameters()), micro,
+                               tiny_config(estimator=config))
     assert logs["smooth"] == pytest.approx(mean_squared_gradient(vel).item() * factor, rel=1e-5)
 
 
 def test_warmup_warning_only_when_val_dice_has_not_left_the_identity():
     cfg = tiny_config(warmup_epochs=3)
     stuck, moved = {"val_dice": 60.5}, {"val_dice": 61.5}
-    assert _warmup_warnings(2, 5, cfg, moved, identity=60.0, updates=6) == []
-    assert _warmup_warnings(1, 5, cfg, stuck, identity=60.0, updates=4) == []  # not the warm-up's end
-    assert _warmup_warnings(2, 5, cfg, {}, identity=None, updates=6) == []  # nothing to compare with
-    (warning,) = _warmup_warnings(2, 5, cfg, stuck, identity=60.0, updates=6)
+    assert warmup_warnings(2, 5, cfg, moved, identity=60.0, updates=6) == []
+    assert warmup_warnings(1, 5, cfg, stuck, identity=60.0, updates=4) == []  # not the warm-up's end
+    assert warmup_warnings(2, 5, cfg, {}, identity=None, updates=6) == []  # nothing to compare with
+    (warning,) = warmup_warnings(2, 5, cfg, stuck, identity=60.0, updates=6)
     assert "60.50 %" in warning and "identity's 60.00 %" in warning and "after the warm-up (6 updates)" in warning
-    (warning,) = _warmup_warnings(4, 5, tiny_config(warmup_epochs=0), stuck, identity=60.0, updates=10)
+    (warning,) = warmup_warnings(4, 5, tiny_config(warmup_epochs=0), stuck, identity=60.0, updates=10)
     assert "after training" in warning
 
 
@@ -343,12 +348,7 @@ def test_cosine_schedule_sets_each_update_and_survives_a_resume(pairs, tmp_path,
     last = displacement_updates(cfg) - 1
     assert state["opt_de"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_factor(last, last + 1, "cosine"))
 
-    def stop_after_first_epoch(event):
-        if event.kind == "epoch" and event.epoch == 0:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(replace(cfg), pairs, tmp_path / "resumed", callback=stop_after_first_epoch)
+    interrupt_after_epoch(replace(cfg), pairs, tmp_path / "resumed", 0)
     resumed = train(replace(cfg), pairs, tmp_path / "resumed")
     assert all(torch.equal(a, b) for a, b in zip(full.estimator.state_dict().values(),
                                                  resumed.estimator.state_dict().values()))

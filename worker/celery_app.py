@@ -5,10 +5,9 @@ module every minute, so it imports no torch and no task module (Celery imports `
 worker starts). Settings are read lazily (``add_defaults`` with a callable), so a test or launcher
 can set ``ADACS_*`` first.
 
-Task names and queues are the contract with the API, which sends tasks by name and never imports
-this package::
-
-    celery.send_task(REGISTRATION_TASK, args=[job_id], queue=INFERENCE_QUEUE)
+Task names, their queues and the broker's configuration are the contract with the API and the
+reaper, written once in ``service.jobs.tasks``: the API sends tasks by name and never imports this
+package.
 
 The choices, and why (Celery ``docs/faq.rst``, "Should I use retry or acks_late?"):
 
@@ -34,46 +33,24 @@ from celery.signals import worker_init, worker_process_init
 
 from service.core.config import Settings, get_settings
 from service.core.privacy import use_private_umask
+from service.jobs.tasks import REAP_TASK, REGISTRATION_TASK, RETENTION_TASK, TRAINING_TASK, broker_config, task_routes
 from worker.settings import WorkerSettings, get_worker_settings
 
-__all__ = ["app", "create_app", "celery_config", "INFERENCE_QUEUE", "TRAINING_QUEUE", "REGISTRATION_TASK",
-           "TRAINING_TASK", "REAP_TASK", "RETENTION_TASK", "FILESYSTEM_POLLING_INTERVAL_S"]
+__all__ = ["app", "create_app", "celery_config", "TASK_MODULES"]
 
-INFERENCE_QUEUE, TRAINING_QUEUE = "inference", "training"  # the defaults of ADACS_*_QUEUE
-REGISTRATION_TASK = "adacs.registration.run"
-TRAINING_TASK = "adacs.training.run"
-REAP_TASK = "adacs.maintenance.reap_stale_jobs"
-RETENTION_TASK = "adacs.maintenance.retention"
 TASK_MODULES = ["worker.tasks.registration", "worker.tasks.training", "worker.reaper", "worker.tasks.maintenance"]
-# kombu polls the filesystem transport's folder; its default (1 s) would add up to a second to
-# every job of the embedded mode.
-FILESYSTEM_POLLING_INTERVAL_S = 0.1
-
-
-def _transport_options(settings: Settings) -> dict[str, Any]:
-    options = settings.broker_transport_options()
-    if (settings.broker_url or "").startswith("filesystem"):
-        settings.ensure_directories()  # the transport needs its folders, for senders and workers alike
-        options["polling_interval"] = FILESYSTEM_POLLING_INTERVAL_S
-    return options
 
 
 def _beat_entry(task: str, every_s: float, settings: Settings) -> dict[str, Any]:
     """A periodic maintenance task, sent to the inference queue (every worker serves it in compose)."""
-    return {"task": task, "schedule": every_s, "options": {"queue": settings.inference_queue, "expires": every_s}}
+    return {"task": task, "schedule": every_s, "options": task_routes(settings)[task] | {"expires": every_s}}
 
 
 def celery_config(settings: Settings, worker_settings: WorkerSettings | None = None) -> dict[str, Any]:
     """Celery's configuration for ``settings`` (see the module docstring for the reasons)."""
     worker_settings = worker_settings or get_worker_settings()
     limit, training_limit = settings.registration_time_limit_s, settings.training_time_limit_s
-    return {
-        "broker_url": settings.broker_url,
-        "broker_transport_options": _transport_options(settings),
-        # kombu's filesystem transport can hand a consumer half a message; ours writes atomically.
-        "broker_transport": "service.fs_broker:Transport" if (settings.broker_url or "").startswith("filesystem")
-        else None,
-        "broker_connection_retry_on_startup": True,
+    return broker_config(settings) | {
         "result_backend": settings.result_backend,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -87,10 +64,7 @@ def celery_config(settings: Settings, worker_settings: WorkerSettings | None = N
         "worker_max_tasks_per_child": worker_settings.max_tasks_per_child or None,
         "task_default_queue": settings.inference_queue,
         # Explicit routes for our tasks; senders name the queue anyway (the API, the reaper).
-        "task_routes": {REGISTRATION_TASK: {"queue": settings.inference_queue},
-                        TRAINING_TASK: {"queue": settings.training_queue},
-                        REAP_TASK: {"queue": settings.inference_queue},
-                        RETENTION_TASK: {"queue": settings.inference_queue}},
+        "task_routes": task_routes(settings),
         # The soft limit raises inside the task, which then records the job as failed; the hard
         # limit kills a task that ignores it.
         "task_annotations": {REGISTRATION_TASK: {"soft_time_limit": max(1.0, 0.9 * limit), "time_limit": limit},

@@ -23,17 +23,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models.io.errors import ImageError
+from service.jobs.schema import InvalidJobParams
 from service.registry import InvalidReference, NotFound, RegistryError
 
-__all__ = ["TRANSIENT_ERRORS", "INPUT_ERRORS", "InvalidJobParams", "JobFailure", "describe_failure"]
+__all__ = ["TRANSIENT_ERRORS", "INPUT_ERRORS", "JobFailure", "describe_failure"]
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeoutError)
 INPUT_ERRORS: tuple[type[Exception], ...] = (ImageError, RegistryError, ValueError)
 TRACEBACK_LINES = 12  # the end of the traceback: where it broke, not how the task got there
-
-
-class InvalidJobParams(ValueError):
-    """``job.params`` does not follow the task's contract (an API bug, not a user's)."""
 
 
 @dataclass(frozen=True)

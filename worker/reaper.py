@@ -34,13 +34,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, Text, cast, select, update
 
 from service.core.config import Settings, get_settings
 from service.db import Job, JobKind, JobStatus, get_engine, session_scope, utcnow
-from worker.celery_app import REAP_TASK, app
+from service.jobs.tasks import REAP_TASK, TaskSender
+from worker.celery_app import app
 
 __all__ = ["reap_stale_jobs", "resend_queued_jobs", "reap", "SENT_AT", "RESENT"]
 
@@ -142,16 +144,9 @@ def resend_queued_jobs(engine: Engine, send: Callable[[str, str], None], resend_
 
 
 def _sender(settings: Settings) -> Callable[[str, str], None]:
-    from worker.celery_app import REGISTRATION_TASK, TRAINING_TASK
-
-    routes = {"registration": (REGISTRATION_TASK, settings.inference_queue),
-              "training": (TRAINING_TASK, settings.training_queue)}
-
-    def send(kind: str, job_id: str) -> None:
-        name, queue = routes[kind]
-        app.send_task(name, args=[job_id], kwargs={"only_if_queued": True}, queue=queue)
-
-    return send
+    """The API's sender on the worker's connection; every message it sends is a copy (``only_if_queued``)."""
+    tasks = TaskSender(settings, app=app)
+    return partial(tasks.send, only_if_queued=True)
 
 
 @app.task(name=REAP_TASK, ignore_result=True)

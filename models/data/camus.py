@@ -60,9 +60,9 @@ from scipy.ndimage import gaussian_filter
 
 from models.data.acdc_nifti import as_label_map, val_count
 from models.data.pairs import PairSample
-from models.geometry import resample_to
 from models.io.image import LABEL, SCALAR, Geometry, Image
 from models.io.readers import read_image
+from models.resample import resample_to
 
 __all__ = ["SPLITS", "TEST_FIRST_PATIENT", "VIEWS", "load_camus", "model_grid"]
 

@@ -24,7 +24,7 @@ path the cell holds or where a link points, so nothing of the server's layout co
 
 Each row becomes one :class:`~models.data.pairs.PairSample` on the **fixed image's grid**: the moving
 image (linear) and both masks (nearest, dtype kept) are resampled onto it in physical space with
-:func:`models.geometry.resample_to`, so files with different sizes, spacings, origins or orientations
+:func:`models.resample.resample_to`, so files with different sizes, spacings, origins or orientations
 line up where the anatomy is (outside the moving image: 0). 2D and 3D pairs are both supported (a 3D
 pair stays 3D). The reader's rules apply: a 3D file holding a single slice is the 2D image it holds, a
 4D file or a folder/zip with several DICOM series is refused, masks must hold whole numbers (float
@@ -56,10 +56,10 @@ import numpy as np
 
 from models.data.crop import crop_or_pad, mask_centroid
 from models.data.pairs import PairSample
-from models.geometry import resample_to
 from models.io.errors import DimensionMismatchError, ImageError
 from models.io.image import LABEL, SCALAR, Image
 from models.io.readers import read_image
+from models.resample import resample_to
 
 __all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load_manifest"]
 

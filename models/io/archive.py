@@ -1,4 +1,5 @@
-"""Unpack an uploaded zip safely: every member is checked before a byte is written.
+"""Zip archives: unpack an uploaded one safely, where every member is checked before a byte is
+written, and write one from a folder (:func:`write_zip`, what the client uploads for a folder).
 
 Refused (:class:`HostileArchiveError`): names with ``..`` components, absolute names (``/x``, ``\\x``,
 ``C:x``), NUL bytes, duplicate names, symbolic links and other special files (from the Unix mode in
@@ -12,6 +13,9 @@ Sizes come from the central directory and are enforced again while streaming, so
 inflate to more than its header declares is stopped at the declared size (and then fails its CRC).
 Everything is written into a fresh hidden folder inside ``dest_dir`` that is renamed into place only
 when all members are out, and removed on any failure: a failing extraction leaves ``dest_dir`` as it was.
+
+:func:`write_zip` is the one way the package (and its tests) builds an archive: a folder's files in
+sorted order, named by their POSIX paths relative to it, then any extra members.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, TypeVar
 
 from models.io.errors import (
     ArchiveTooLargeError,
@@ -32,7 +38,7 @@ from models.io.errors import (
     UnreadableImageError,
 )
 
-__all__ = ["extract_zip", "is_zip", "MAX_MEMBERS", "MAX_TOTAL_BYTES", "MAX_RATIO"]
+__all__ = ["extract_zip", "is_zip", "write_zip", "zip_bytes", "MAX_MEMBERS", "MAX_TOTAL_BYTES", "MAX_RATIO"]
 
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 4 * 1024**3
@@ -40,6 +46,7 @@ MAX_RATIO = 1000.0
 RATIO_FLOOR_BYTES = 1024**2  # ratios are only judged once this much would be unpacked
 _CHUNK = 1024**2
 _DRIVE = re.compile(r"^[A-Za-z]:")
+ZipTarget = TypeVar("ZipTarget", str, Path, BinaryIO)
 
 
 def is_zip(head: bytes) -> bool:
@@ -195,3 +202,31 @@ def extract_zip(path_or_bytes: str | Path | bytes, dest_dir: str | Path, *, max_
         raise UnreadableImageError(f"the zip archive cannot be unpacked ({error.strerror or error})",
                                    path=display) from None
     return final
+
+
+def write_zip(target: ZipTarget, folder: str | Path | None = None, *, prefix: str = "",
+              members: Mapping[str | zipfile.ZipInfo, bytes | str] | None = None,
+              compression: int = zipfile.ZIP_DEFLATED) -> ZipTarget:
+    """Write a zip to ``target`` (a path or a binary file opened for writing) and return ``target``.
+
+    First ``folder``'s files, recursively and in sorted order (so the same folder gives the same
+    archive), each named ``prefix`` + its POSIX path relative to ``folder``; then ``members``, a name
+    (or a ``ZipInfo``, for full control over a member's header) -> its content.
+    """
+    with zipfile.ZipFile(target, "w", compression) as archive:
+        if folder is not None:
+            for path in sorted(Path(folder).rglob("*")):
+                if path.is_file():
+                    archive.write(path, prefix + path.relative_to(folder).as_posix())
+        for name, data in (members or {}).items():
+            archive.writestr(name, data)
+    return target
+
+
+def zip_bytes(folder: str | Path | None = None, *, prefix: str = "",
+              members: Mapping[str | zipfile.ZipInfo, bytes | str] | None = None,
+              compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """:func:`write_zip` into memory: the archive's bytes, e.g. the body of an upload."""
+    buffer = io.BytesIO()
+    write_zip(buffer, folder, prefix=prefix, members=members, compression=compression)
+    return buffer.getvalue()

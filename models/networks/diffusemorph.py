@@ -41,38 +41,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.networks.estimator import PairBackbone
+from models.networks.options import DiffuseMorphOptions
 from models.networks.unet import UNet, conv_nd
 
 __all__ = ["DiffuseMorphBackbone", "DiffuseMorphOptions", "DiffusionUNet", "alpha_bar_linear", "noise_target",
            "timestep_embedding"]
-
-
-@dataclass(frozen=True)
-class DiffuseMorphOptions:
-    """``EstimatorConfig.options`` of ``diffusemorph``; lists (from JSON) are accepted for tuples."""
-
-    n_timesteps: int = 2000  # T
-    beta_start: float = 1e-6  # β_0 of the linear schedule
-    beta_end: float = 1e-2  # β_{T-1}
-    diffusion_weight: float = 1.0  # weight of mean((ε - ε̂)²) in Deformation.aux_loss
-    features: Sequence[int] = (16, 32, 32)  # diffusion U-Net: channels per level, the last is the bottleneck
-    time_dim: int = 32  # width of the timestep embedding
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "features", tuple(self.features))
-        if self.n_timesteps < 1 or not 0.0 < self.beta_start <= self.beta_end < 1.0:
-            raise ValueError(f"need n_timesteps >= 1 and 0 < beta_start <= beta_end < 1; got {self.n_timesteps}, "
-                             f"{self.beta_start}, {self.beta_end}")
-        if self.diffusion_weight < 0 or not self.features or self.time_dim < 2 or self.time_dim % 2:
-            raise ValueError(f"need diffusion_weight >= 0, at least one feature level and an even time_dim >= 2; "
-                             f"got {self.diffusion_weight}, {self.features}, {self.time_dim}")
 
 
 def alpha_bar_linear(n_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:

@@ -12,22 +12,21 @@ architecture-agnostic. Two kinds of backbone:
   eval mode. The estimator passes it on as :attr:`Deformation.aux_loss`.
 
 Architecture-specific sizes live in ``EstimatorConfig.options`` and are parsed into a frozen
-dataclass per architecture (unknown keys are an error, not silently ignored).
+dataclass per architecture (:mod:`models.networks.options`); the table of architectures and their
+builders is :mod:`models.networks.registry`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from models.integrate import VelocityIntegrator, resize_field
-from models.networks.unet import UNet, conv_nd
+from models.networks.unet import conv_nd
 
-__all__ = ["ARCHITECTURES", "Deformation", "DisplacementEstimator", "EstimatorConfig", "PairBackbone",
-           "build_estimator", "parse_options", "resolve_options"]
+__all__ = ["Deformation", "DisplacementEstimator", "EstimatorConfig", "PairBackbone"]
 
 
 @dataclass(frozen=True)
@@ -119,85 +118,3 @@ class DisplacementEstimator(nn.Module):
         vel = resize_field(flow, self.integrator.low_res_shape(shape))
         return Deformation(vel=vel, disp=self.integrator(vel, shape), disp_inv=self.integrator(-vel, shape),
                            aux_loss=aux_loss)
-
-
-def parse_options(kind: type, config: EstimatorConfig):
-    """``config.options`` as the architecture's options dataclass ``kind``; unknown keys are a ValueError."""
-    known = [f.name for f in fields(kind)]
-    unknown = sorted(set(config.options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown options {unknown} for architecture {config.arch!r}; known: {known}")
-    return kind(**config.options)
-
-
-def _option_types() -> dict[str, type | None]:
-    # Imported here, not at the top: TransMorph pulls in MONAI (slow to import), and DiffuseMorph's
-    # and the pyramid's modules import PairBackbone / Deformation from this one.
-    from models.networks.diffusemorph import DiffuseMorphOptions
-    from models.networks.pyramid import PyramidOptions
-    from models.networks.transmorph import TransMorphOptions
-
-    return {"voxelmorph": None, "transmorph": TransMorphOptions, "diffusemorph": DiffuseMorphOptions,
-            "pyramid": PyramidOptions}
-
-
-def resolve_options(config: EstimatorConfig) -> EstimatorConfig:
-    """``config`` with every option of its architecture spelled out (defaults filled in, JSON types).
-
-    Storing this in ``config.json`` makes an artifact rebuild the same network even if a default
-    changes later, and lets tools without torch (the registry) read its sizes.
-    """
-    kind = _option_types().get(config.arch)
-    if kind is None:
-        return config
-    options = asdict(parse_options(kind, config))
-    return replace(config, options={k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
-
-
-def _voxelmorph(config: EstimatorConfig) -> DisplacementEstimator:
-    if config.options:
-        raise ValueError(f"voxelmorph takes no options (its sizes are enc/dec), got {sorted(config.options)}")
-    backbone = UNet(config.ndim, in_channels=2, enc=config.enc, dec=config.dec)
-    return DisplacementEstimator(backbone, config.ndim, config.int_steps, config.int_downsize)
-
-
-def _transmorph(config: EstimatorConfig) -> DisplacementEstimator:
-    """TransMorph; ``enc``/``dec`` are not used (they size only the AdaCS scoring network)."""
-    from models.networks.transmorph import TransMorphBackbone, TransMorphOptions
-
-    backbone = TransMorphBackbone(config.ndim, parse_options(TransMorphOptions, config))
-    return DisplacementEstimator(backbone, config.ndim, config.int_steps, config.int_downsize)
-
-
-def _diffusemorph(config: EstimatorConfig) -> DisplacementEstimator:
-    """DiffuseMorph; ``enc``/``dec`` size its deformation network (a VoxelMorph U-Net)."""
-    from models.networks.diffusemorph import DiffuseMorphBackbone, DiffuseMorphOptions
-
-    backbone = DiffuseMorphBackbone(config.ndim, parse_options(DiffuseMorphOptions, config), config.enc, config.dec)
-    return DisplacementEstimator(backbone, config.ndim, config.int_steps, config.int_downsize)
-
-
-def _pyramid(config: EstimatorConfig) -> DisplacementEstimator:
-    """Laplacian-pyramid (LapIRN-like) estimator; ``enc``/``dec`` are not used (they size only the scoring network).
-
-    Not a :class:`DisplacementEstimator` subclass (it has a flow head per level, not one on a
-    backbone) but the same interface: ``forward(moving, fixed) -> Deformation``, ``int_steps``,
-    ``integrator``.
-    """
-    from models.networks.pyramid import PyramidEstimator, PyramidOptions
-
-    return PyramidEstimator(config.ndim, parse_options(PyramidOptions, config), config.int_steps,
-                            config.int_downsize)
-
-
-#: Architecture name -> builder. The trainer and the artifact loader only see this table.
-ARCHITECTURES: dict[str, Callable[[EstimatorConfig], DisplacementEstimator]] = {
-    "voxelmorph": _voxelmorph, "transmorph": _transmorph, "diffusemorph": _diffusemorph, "pyramid": _pyramid}
-
-
-def build_estimator(config: EstimatorConfig) -> DisplacementEstimator:
-    try:
-        builder = ARCHITECTURES[config.arch]
-    except KeyError:
-        raise ValueError(f"unknown architecture {config.arch!r}; known: {sorted(ARCHITECTURES)}") from None
-    return builder(config)

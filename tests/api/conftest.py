@@ -7,8 +7,6 @@ settings on a free port, on the module's database, and stops it when the module 
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -50,6 +48,23 @@ def serve(api_db_url: str, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="module")
+def serve_tiny_default(serve: Callable[..., object], artifact_dirs: list[Path],
+                       zip_folder: Callable[[Path], bytes]) -> Callable[..., object]:
+    """``serve_tiny_default(name, **settings)`` -> a server whose default model ``name`` is the first tiny
+    artifact, uploaded and promoted over HTTP as a user would, so only a request's inputs can be wrong."""
+    def start(name: str, **overrides: object) -> object:
+        live = serve(default_model=name, **overrides)
+        upload = live.client.post("/v1/models", data={"name": name},
+                                  files={"file": ("m.zip", zip_folder(artifact_dirs[0]))})
+        assert upload.status_code in (200, 201), upload.text
+        promoted = live.client.post(f"/v1/models/{name}/versions/1/promote", json={"stage": "production"})
+        assert promoted.status_code == 200, promoted.text
+        return live
+
+    return start
+
+
+@pytest.fixture(scope="module")
 def api(serve: Callable[..., object]) -> object:
     """A server with the embedded defaults (no API keys), 1 MiB upload limit."""
     return serve(max_upload_bytes=1024 * 1024)
@@ -70,7 +85,8 @@ def artifact_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
     from models.artifact import save_artifact
     from models.intensity import IntensityConfig
-    from models.networks.estimator import EstimatorConfig, build_estimator
+    from models.networks.estimator import EstimatorConfig
+    from models.networks.registry import build_estimator
 
     config, root, dirs = EstimatorConfig(enc=(4, 4), dec=(4, 4, 4)), tmp_path_factory.mktemp("artifacts"), []
     for seed in (0, 1):
@@ -79,19 +95,3 @@ def artifact_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                                   {"method": "adacs", "seed": seed, "data": "synthetic phantoms"},
                                   train_shape=(32, 32)))
     return dirs
-
-
-def _zip_folder(folder: Path, prefix: str = "", extra: dict[str, bytes] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.iterdir()):
-            archive.write(path, prefix + path.name)
-        for name, data in (extra or {}).items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="session")
-def zip_folder() -> Callable[..., bytes]:
-    """``zip_folder(folder, prefix="", extra={name: bytes})`` -> the folder's files as zip bytes."""
-    return _zip_folder

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from models.io.archive import zip_bytes
 from service.db import Dataset
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def _count(db_session) -> int:
@@ -62,10 +53,10 @@ def test_layout_can_be_named_and_must_match(server, dataset_zip: bytes) -> None:
 
 @pytest.mark.parametrize(("payload", "status", "code", "words"), [
     (b"not a zip at all", 415, "not_a_zip", "not a zip"),
-    (_zip({"readme.txt": b"hello"}), 422, "invalid_dataset", "no dataset layout"),
-    (_zip({"m/manifest.csv": b"fixed,moving\nmissing_f.nii.gz,missing_m.nii.gz\n"}), 422, "invalid_dataset",
-     "missing_f.nii.gz"),
-    (_zip({"../evil/manifest.csv": b"fixed,moving\n"}), 400, None, ".."),
+    (zip_bytes(members={"readme.txt": b"hello"}), 422, "invalid_dataset", "no dataset layout"),
+    (zip_bytes(members={"m/manifest.csv": b"fixed,moving\nmissing_f.nii.gz,missing_m.nii.gz\n"}), 422,
+     "invalid_dataset", "missing_f.nii.gz"),
+    (zip_bytes(members={"../evil/manifest.csv": b"fixed,moving\n"}), 400, None, ".."),
 ])
 def test_bad_uploads_leave_nothing(server, db_session, payload: bytes, status: int, code: str | None,
                                    words: str) -> None:
@@ -75,6 +66,15 @@ def test_bad_uploads_leave_nothing(server, db_session, payload: bytes, status: i
     if code:
         assert response.json()["code"] == code
     assert words in response.json()["detail"]
+    assert _count(db_session) == before and _leftovers(server) == []
+
+
+def test_an_unknown_form_field_is_refused_before_anything_is_kept(server, db_session, dataset_zip) -> None:
+    """``layuot`` used to be dropped silently and the layout guessed; now it is named, with what the route takes."""
+    before = _count(db_session)
+    response = server.client.post("/v1/datasets", data={"layuot": "acdc"}, files={"file": ("d.zip", dataset_zip)})
+    assert response.status_code == 422 and response.json()["code"] == "unknown_form_field"
+    assert "'layuot'" in response.json()["detail"] and "file, name, layout" in response.json()["detail"]
     assert _count(db_session) == before and _leftovers(server) == []
 
 
@@ -124,7 +124,7 @@ def _climb(server, target: Path) -> str:
 def test_a_manifest_pointing_outside_its_archive_is_refused(server, db_session, outside, cells) -> None:
     fixed, moving = cells(server, outside)
     before = _count(db_session)
-    payload = _zip({"manifest.csv": f"fixed,moving\n{fixed},{moving}\n".encode()})
+    payload = zip_bytes(members={"manifest.csv": f"fixed,moving\n{fixed},{moving}\n".encode()})
     response = server.client.post("/v1/datasets", files={"file": ("escape.zip", payload)})
     assert response.status_code == 422, response.text
     body = response.json()
@@ -137,8 +137,9 @@ def test_a_manifest_pointing_outside_its_archive_is_refused(server, db_session, 
 
 def test_a_text_file_in_the_archive_is_refused_without_quoting_it(server, db_session, outside) -> None:
     before = _count(db_session)
-    payload = _zip({"manifest.csv": b"fixed,moving\nnotes.nii.gz,moving.nii.gz\n", "notes.nii.gz": SECRET.encode(),
-                    "moving.nii.gz": (outside / "moving.nii.gz").read_bytes()})
+    payload = zip_bytes(members={"manifest.csv": b"fixed,moving\nnotes.nii.gz,moving.nii.gz\n",
+                                 "notes.nii.gz": SECRET.encode(),
+                                 "moving.nii.gz": (outside / "moving.nii.gz").read_bytes()})
     response = server.client.post("/v1/datasets", files={"file": ("notes.zip", payload)})
     assert response.status_code == 422, response.text
     assert "manifest.csv row 2: fixed notes.nii.gz: is a text file, not an image" in response.json()["detail"]

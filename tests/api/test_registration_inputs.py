@@ -55,15 +55,9 @@ def uploads(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(serve, artifact_dirs, zip_folder):
+def server(serve_tiny_default):
     """A server whose default model is the tiny one, so only the inputs can be wrong."""
-    live = serve(max_upload_bytes=MiB, default_model=MODEL)
-    upload = live.client.post("/v1/models", data={"name": MODEL},
-                              files={"file": ("m.zip", zip_folder(artifact_dirs[0]))})
-    assert upload.status_code in (200, 201), upload.text
-    promoted = live.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
-    assert promoted.status_code == 200, promoted.text
-    return live
+    return serve_tiny_default(MODEL, max_upload_bytes=MiB)
 
 
 def state(live):
@@ -119,3 +113,44 @@ def test_the_good_pair_with_both_masks_is_still_accepted(server, uploads):
     assert response.status_code == 202, response.text
     count, folders, sent = state(server)
     assert count == before[0] + 1 and response.json()["id"] in folders and len(sent) == len(before[2]) + 1
+
+
+@pytest.mark.parametrize(("files", "form", "unknown"), [
+    ({"moving_msk": "mask"}, {}, "'moving_msk'"),  # a misspelled mask: once registered without it, silently
+    ({}, {"frame": "0"}, "'frame'"),  # the 4-D fields are moving_frame / fixed_frame
+    ({}, {"refine": "10", "modle": "x"}, "'modle', 'refine'"),
+], ids=["misspelled_mask", "bare_frame", "two_unknown"])
+def test_unknown_form_fields_are_refused_naming_them_and_the_accepted_ones(server, uploads, files, form, unknown):
+    before = state(server)
+    chosen = {"fixed": "fixed", "moving": "moving"} | files
+    response = server.client.post("/v1/registrations", data=form,
+                                  files={role: (f"{role}.nii.gz", uploads[key]) for role, key in chosen.items()})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "unknown_form_field" and unknown in body["detail"], body["detail"]
+    for accepted in ("fixed", "moving", "moving_mask", "fixed_mask", "moving_frame", "refine_steps"):
+        assert accepted in body["detail"].split("this route takes: ")[1].split(", ")
+    assert state(server) == before
+
+
+def test_a_4d_image_without_its_frame_names_the_real_field(server, uploads, tmp_path):
+    """The hint names ``moving_frame`` (the form field), not a ``frame`` parameter that does not exist."""
+    slice_2d = sitk.ReadImage(str(write_bytes(tmp_path / "m.nii.gz", uploads["moving"])))
+    volume = sitk.JoinSeries([slice_2d] * 4)
+    for name, image in (("volume", volume), ("cine", sitk.JoinSeries([volume] * 3))):
+        sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
+    files = {"fixed": ("volume.nii.gz", (tmp_path / "volume.nii.gz").read_bytes()),
+             "moving": ("cine.nii.gz", (tmp_path / "cine.nii.gz").read_bytes())}
+    before = state(server)
+    response = server.client.post("/v1/registrations", files=files)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] == "frame_required" and "moving_frame (0 to 2)" in body["detail"], body["detail"]
+    out_of_range = server.client.post("/v1/registrations", data={"moving_frame": "5"}, files=files)
+    assert out_of_range.status_code == 422 and "moving_frame=5 is out of range" in out_of_range.json()["detail"]
+    assert state(server) == before
+
+
+def write_bytes(path, data):
+    path.write_bytes(data)
+    return path

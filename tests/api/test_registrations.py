@@ -43,15 +43,9 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(serve, artifact_dirs, zip_folder):
+def server(serve_tiny_default):
     """A server whose default model is the tiny one (registered and promoted over HTTP)."""
-    live = serve(max_upload_bytes=MiB, default_model=MODEL)
-    upload = live.client.post("/v1/models", data={"name": MODEL},
-                              files={"file": ("m.zip", zip_folder(artifact_dirs[0]))})
-    assert upload.status_code in (200, 201), upload.text
-    promoted = live.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
-    assert promoted.status_code == 200, promoted.text
-    return live
+    return serve_tiny_default(MODEL, max_upload_bytes=MiB)
 
 
 def files_of(images, **names):
@@ -195,6 +189,22 @@ def test_refine_fields_are_stored_in_the_job_params_only_when_given(server, imag
         assert (params["refine_steps"], params["refine_time_limit_s"]) == (2000, 2.5)
         params = session.get(Job, steps_only.json()["id"]).params
         assert params["refine_steps"] == 0 and "refine_time_limit_s" not in params  # the model card decides
+
+
+def test_label_names_are_stored_in_the_job_params(server, images, db_session):
+    named = post(server, files_of(images), data={"labels": '{"1": "RV", "2": "myocardium"}'})
+    assert named.status_code == 202, named.text
+    with db_session() as session:
+        assert session.get(Job, named.json()["id"]).params["label_names"] == {"1": "RV", "2": "myocardium"}
+
+
+@pytest.mark.parametrize("labels", ["RV,MYO", '{"x": "RV"}', '{"1": "' + "n" * 65 + '"}', "{" * 20_001])
+def test_bad_label_names_are_422_before_a_job_exists(server, images, nothing_made, labels):
+    response = post(server, files_of(images), data={"labels": labels})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["code"] in ("invalid_labels", "invalid_request") and "labels" in body["detail"]
+    assert "n" * 65 not in body["detail"]  # the refusal does not echo what was sent
 
 
 def test_the_extension_of_each_upload_is_kept(server, images, db_session):

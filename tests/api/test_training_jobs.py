@@ -136,12 +136,14 @@ def test_label_supervision_is_queued_on_a_dataset_with_masks(server, dataset_id:
     server.client.post(job["url"] + "/cancel")
 
 
-def test_label_supervision_on_a_dataset_without_masks_is_422(server, manifest_dataset, zip_tree, tmp_path) -> None:
+def test_label_supervision_on_a_dataset_without_masks_is_422(server, manifest_dataset, zip_folder,
+                                                              tmp_path) -> None:
     folder = manifest_dataset(tmp_path / "study", n_pairs=4, size=32)
     rows = (folder / "manifest.csv").read_text(encoding="utf-8").splitlines()
     (folder / "manifest.csv").write_text("\n".join(",".join(row.split(",")[:2]) for row in rows) + "\n",
                                          encoding="utf-8")
-    dataset = server.client.post("/v1/datasets", files={"file": ("plain.zip", zip_tree(folder, "study/"))}).json()
+    upload = {"file": ("plain.zip", zip_folder(folder, prefix="study/"))}
+    dataset = server.client.post("/v1/datasets", files=upload).json()
     assert dataset["n_labelled"] == 0, dataset
     before = server.client.get("/v1/training-jobs").json()["count"]
     response = _create(server, dataset["id"], hyperparameters=TINY | {"supervision": "labels"})

@@ -1,11 +1,11 @@
 """Bad uploads to POST /v1/models: each gets a 4xx naming the problem, and nothing is left behind."""
 
-import io
 import zipfile
 
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from models.io.archive import zip_bytes
 from service.api.limits import upload_limit
 from service.core.config import Settings
 
@@ -28,16 +28,8 @@ def upload(api, data: bytes, filename: str = "model.zip", name: str = "cardiac")
     return api.client.post("/v1/models", data={"name": name}, files={"file": (filename, data, "application/zip")})
 
 
-def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def test_an_extra_scorer_file_is_422_naming_it(api, store_untouched, artifact_dirs, zip_folder):
-    response = upload(api, zip_folder(artifact_dirs[0], extra={"scorer.safetensors": b"weights"}))
+    response = upload(api, zip_folder(artifact_dirs[0], members={"scorer.safetensors": b"weights"}))
     assert response.status_code == 422 and response.json()["code"] == "invalid_artifact"
     assert "holds ['scorer.safetensors'] besides the artifact" in response.json()["detail"]
 
@@ -47,7 +39,8 @@ def test_a_scoring_network_tensor_is_422_naming_it(api, store_untouched, artifac
     tensors["scorer.head.weight"] = tensors.pop(sorted(tensors)[0])  # same count: the name alone must be caught
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "1", "arch": "voxelmorph"})
     files = {name: (artifact_dirs[0] / name).read_bytes() for name in ("config.json", "card.json")}
-    response = upload(api, zip_of(files | {"model.safetensors": (tmp_path / "model.safetensors").read_bytes()}))
+    weights = {"model.safetensors": (tmp_path / "model.safetensors").read_bytes()}
+    response = upload(api, zip_bytes(members=files | weights))
     assert response.status_code == 422
     assert "model.safetensors holds scoring-network tensors (scorer.head.weight)" in response.json()["detail"]
 
@@ -57,13 +50,14 @@ def test_a_scoring_network_tensor_is_422_naming_it(api, store_untouched, artifac
     ({"/etc/card.json": b"{}"}, "member '/etc/card.json' has an absolute path"),
 ])
 def test_a_traversal_zip_is_400(api, store_untouched, members, problem):
-    response = upload(api, zip_of(members), filename="evil.zip")
+    response = upload(api, zip_bytes(members=members), filename="evil.zip")
     assert response.status_code == 400 and response.json()["code"] == "hostile_archive"
     assert response.json()["detail"].startswith(f"evil.zip: {problem}")
 
 
 def test_a_zip_bomb_is_400(api, store_untouched):
-    bomb = zip_of({"model.safetensors": bytes(16 * 1024 * 1024)}, zipfile.ZIP_BZIP2)  # 16 MiB of zeros in ~50 bytes
+    # 16 MiB of zeros in ~50 bytes
+    bomb = zip_bytes(members={"model.safetensors": bytes(16 * 1024 * 1024)}, compression=zipfile.ZIP_BZIP2)
     assert len(bomb) < 1024
     response = upload(api, bomb)
     assert response.status_code == 400 and "typical of a zip bomb" in response.json()["detail"]

@@ -1,7 +1,8 @@
 """End to end: the API (uvicorn in a thread) and a real Celery worker process on real Redis, on
 SQLite and on PostgreSQL. A model is uploaded and promoted over HTTP, image pairs are uploaded, the
 worker registers them, and the downloads equal what ``adacs register`` writes locally with the same
-model and files.
+model and files. Both run ``models.register.register_files``; the first test is the one place that
+holds the service and the CLI to the same files, byte for byte.
 
 Each run has its own queue, database, data folder and artifact store. Redis must be reachable
 (``ADACS_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/15``); a missing Redis fails, never skips.
@@ -9,6 +10,7 @@ Each run has its own queue, database, data folder and artifact store. Redis must
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from service.cli import main as adacs
 from service.core.config import Settings
@@ -27,6 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 90
 MODEL = "e2e"
 DICOM_UID = "1.2.826.0.1.3680043.2.1125.1.77"
+# Download segment -> the file `adacs register` writes; and the report's scores (its timings differ).
+NIFTI_OUTPUTS = {"displacement": "displacement.nii.gz", "inverse-displacement": "inverse_displacement.nii.gz",
+                 "jacobian": "jacobian.nii.gz", "warped-image": "warped.nii.gz", "warped-mask": "warped_mask.nii.gz"}
+SCORES = ("dice", "dice_before", "folding_pct", "grid", "jacobian", "inverse", "labels")
 
 
 
@@ -44,8 +51,10 @@ def dicom_pair(tmp_path_factory, dicom_zip) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, redis_url, model_zip, live_server, module_worker_process, tmp_path_factory) -> Iterator:
-    """The API and one worker on a queue of their own; the tiny model registered and promoted over HTTP."""
+def stack(request, redis_url, model_zip, image_pair, live_server, module_worker_process,
+          tmp_path_factory) -> Iterator:
+    """The API and one worker on a queue of their own; the tiny model registered and promoted over HTTP,
+    and the worker warm: it has finished one registration (its first loads torch and the model)."""
     import redis
 
     data = tmp_path_factory.mktemp(f"e2e-{request.param}")
@@ -54,9 +63,11 @@ def stack(request, redis_url, model_zip, live_server, module_worker_process, tmp
     upgrade_database(url)
     queue = f"inference-e2e-{secrets.token_hex(6)}"
     settings = Settings(data_dir=data / "data", database_url=url, broker_url=redis_url, default_model=MODEL)
+    # As many torch threads as `adacs register` gets in this process: the same kernels, the same sums.
     worker = module_worker_process(
         {"ADACS_DATA_DIR": str(settings.data_dir), "ADACS_DATABASE_URL": url, "ADACS_BROKER_URL": redis_url,
-         "ADACS_ARTIFACT_DIR": str(settings.artifact_dir), "ADACS_HEARTBEAT_INTERVAL_S": "0.5"},
+         "ADACS_ARTIFACT_DIR": str(settings.artifact_dir), "ADACS_HEARTBEAT_INTERVAL_S": "0.5",
+         "ADACS_WORKER_TORCH_THREADS": str(torch.get_num_threads())},
         [queue], data / "worker.log")
     try:
         with live_server(create_app(settings, inference_queue=queue), settings, timeout=60) as server:
@@ -65,6 +76,12 @@ def stack(request, redis_url, model_zip, live_server, module_worker_process, tmp
             response = server.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
             assert response.status_code == 200, response.text
             server.worker = worker
+            # Waited for here, so that a test passing ``wait`` finds a warm worker whichever test runs first.
+            pair = {role: (f"{role}.nii.gz", image_pair[role].read_bytes()) for role in ("fixed", "moving")}
+            response = server.client.post("/v1/registrations", files=pair)
+            assert response.status_code == 202, response.text
+            warm_up = wait_for(server, response.json()["id"])
+            assert warm_up["status"] == "succeeded", f"{warm_up['error']}\n{worker.tail()}"
             yield server
     finally:
         worker.stop()
@@ -101,22 +118,56 @@ def read(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
+def check_inverse_and_jacobian(displacement: Path, inverse: Path, jacobian: Path) -> None:
+    """The downloaded inverse and Jacobian against SimpleITK's own computations on the downloaded field:
+    forward then inverse returns every voxel centre to itself, and the determinants are SimpleITK's.
+    The grid is rotated and SimpleITK's Jacobian filter ignores the direction, so it is given the same
+    map in the grid's own axes (vectors Dᵀu on an axis-aligned grid), which has the same determinant."""
+    field = sitk.ReadImage(str(displacement), sitk.sitkVectorFloat64)
+    ndim = field.GetDimension()
+    direction = np.asarray(field.GetDirection()).reshape(ndim, ndim)
+    assert not np.allclose(direction, np.eye(ndim))  # the oblique case is the one worth checking
+    forward = sitk.DisplacementFieldTransform(sitk.Image(field))
+    inverse_field = sitk.ReadImage(str(inverse), sitk.sitkVectorFloat64)
+    backward = sitk.DisplacementFieldTransform(sitk.Image(inverse_field))
+    moved, checked = 0.0, 0
+    for index in np.ndindex(*field.GetSize()):
+        start = field.TransformIndexToPhysicalPoint(tuple(int(i) for i in index))
+        there = forward.TransformPoint(start)
+        on_moving = inverse_field.TransformPhysicalPointToContinuousIndex(there)
+        if not all(0 <= c <= n - 1 for c, n in zip(on_moving, inverse_field.GetSize())):
+            continue  # the inverse lives on the moving grid: a point mapped off it has none
+        moved, checked = max(moved, float(np.linalg.norm(np.subtract(there, start)))), checked + 1
+        assert np.linalg.norm(np.subtract(backward.TransformPoint(there), start)) < 0.05, index
+    assert moved > 0.1 and checked > 0.5 * np.prod(field.GetSize())  # a real deformation, mostly in view
+    in_grid_axes = sitk.GetImageFromArray(sitk.GetArrayFromImage(field) @ direction, isVector=True)
+    in_grid_axes.SetSpacing(field.GetSpacing())
+    theirs = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(in_grid_axes))
+    inner = (slice(1, -1),) * ndim  # both use central differences inside; they differ at the border
+    np.testing.assert_allclose(read(jacobian)[inner], theirs[inner], atol=1e-4)
+    assert np.abs(theirs - 1).max() > 1e-3  # not the identity's determinant everywhere
+
+
 def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, image_pair, model_dir, tmp_path):
     files = {role: (path.name, path.read_bytes()) for role, path in image_pair.items()}
     response = stack.client.post("/v1/registrations", files=files)
     assert response.status_code == 202, response.text
     job = wait_for(stack, response.json()["id"])
     assert job["status"] == "succeeded", f"{job['error']}\n{stack.worker.tail()}"
-    assert set(job["outputs"]) == {"displacement", "warped", "warped_mask", "report", "preview"}
+    assert set(job["outputs"]) == {"displacement", "inverse_displacement", "jacobian", "warped", "warped_mask",
+                                   "report", "preview"}
     assert job["model_version"] == f"{MODEL}:1" and "dice" in job["report"] and job["timings_s"]["total"] > 0
 
     local = local_register(model_dir, tmp_path / "local", **image_pair)
-    warped_mask = download(stack, job["id"], "warped-mask", tmp_path / "warped_mask.nii.gz")
-    expected = read(local / "warped_mask.nii.gz")
-    assert np.array_equal(warped_mask, expected)
-    assert not np.array_equal(warped_mask, read(image_pair["moving_mask"]))  # the model moved it
-    displacement = download(stack, job["id"], "displacement", tmp_path / "displacement.nii.gz")
-    np.testing.assert_allclose(displacement, read(local / "displacement.nii.gz"), atol=1e-5)
+    for segment, name in NIFTI_OUTPUTS.items():
+        response = stack.client.get(f"/v1/registrations/{job['id']}/{segment}")
+        assert response.status_code == 200 and response.content == (local / name).read_bytes(), name
+    cli_report = json.loads((local / "report.json").read_text(encoding="utf-8"))
+    assert {key: job["report"][key] for key in SCORES} == {key: cli_report[key] for key in SCORES}
+    # Equal files are not two identity warps agreeing: the model moved the mask.
+    assert not np.array_equal(read(local / "warped_mask.nii.gz"), read(image_pair["moving_mask"]))
+    check_inverse_and_jacobian(*(local / NIFTI_OUTPUTS[segment] for segment in ("displacement",
+                                                                                  "inverse-displacement", "jacobian")))
     preview = stack.client.get(f"/v1/registrations/{job['id']}/preview.png")
     assert preview.headers["content-type"] == "image/png" and preview.content.startswith(b"\x89PNG")
 
@@ -124,7 +175,7 @@ def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, ima
 def test_a_dicom_series_zip_as_moving_finishes_within_wait(stack, dicom_pair, model_dir, tmp_path):
     files = {role: (path.name, path.read_bytes()) for role, path in dicom_pair.items()}
     response = stack.client.post("/v1/registrations", files=files, params={"wait": 60})
-    assert response.status_code == 200, response.text  # the worker is warm: the small job ends in the wait
+    assert response.status_code == 200, response.text  # the worker is warm (see stack): the job ends in the wait
     job = response.json()
     assert job["status"] == "succeeded", f"{job['error']}\n{stack.worker.tail()}"
     assert job["inputs"] == ["fixed", "moving"] and "warped_mask" not in job["outputs"]

@@ -208,13 +208,17 @@ def test_supervisor_gives_up_on_a_worker_that_keeps_dying(tmp_path):
 
 
 def test_supervisor_kills_a_worker_that_ignores_sigterm(tmp_path):
-    stubborn = [sys.executable, "-c", "import signal, time, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                      "print('ready', flush=True); time.sleep(60)"]
-    supervisor = WorkerSupervisor(stubborn, stop_timeout_s=0.5, poll_s=0.02)
+    # The child says it is ready in a file once SIGTERM is ignored (the supervisor does not capture its
+    # output): stopped before that, it would die of the SIGTERM and prove nothing.
+    ready = tmp_path / "ready"
+    child = ("import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)")
+    supervisor = WorkerSupervisor([sys.executable, "-c", child, str(ready)], stop_timeout_s=0.5, poll_s=0.02)
     supervisor.start()
-    time.sleep(0.5)  # let it install its handler
-    pid = supervisor.pid
-    assert supervisor.stop() == -signal.SIGKILL and not alive(pid)
+    installed, pid = wait_until(ready.exists, 30), supervisor.pid
+    returncode = supervisor.stop()
+    assert installed, "the child never installed its SIGTERM handler"
+    assert returncode == -signal.SIGKILL and not alive(pid)
 
 
 def test_worker_command_pools():

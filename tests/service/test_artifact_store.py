@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from service.storage import LocalArtifactStore, ObjectNotFound, TooLarge, atomic_write
+from models.io.atomic import atomic_write
+from service.storage import LocalArtifactStore, ObjectNotFound, TooLarge
 
 
 def _litter(store: LocalArtifactStore) -> list[str]:

@@ -3,40 +3,49 @@
 Registrations run on the e2e stack of tests/e2e/test_registration_flow.py (the API in a thread, a real
 Celery worker on Redis, the tiny model promoted as ``e2e``), on SQLite only: the client never sees
 the database, and the e2e suite covers both backends. API keys run on a server with keys on and no
-worker. Datasets and training jobs run on a stand-in server that answers as the contract of
-``/v1/datasets`` and ``/v1/training-jobs`` says (progress events, then ``end``), so the client's
-event-stream handling is tested over real HTTP too. The SSE parser is tested on hand-written streams.
+worker. Datasets and training jobs run on the stack of tests/e2e/test_training_flow.py (the API on
+queues of its own, a dataset uploaded), on SQLite, with a real Celery worker on those queues. A
+second API on the same database sends its trainings to a queue no worker reads: such a job stays
+queued, so its event stream falls silent, or is cut by a relay in front of the server, exactly when
+the test says. The SSE parser is tested on hand-written streams.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
+import secrets
+import socket
 import sys
+import threading
+import uuid
 from pathlib import Path
-from typing import Annotated
 
 import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from fastapi import Body, FastAPI, Form, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
 
+from models.defaults import TRAIN_DEFAULTS
 from service import cli_remote
 from service.cli import main as adacs
 from service.client import DOWNLOADS, AdacsApiError, AdacsClient, parse_sse
+from service.main import create_app
 
-# The e2e stack is a module fixture of a test module (tests/ has no packages): reused, not copied.
+# The e2e stacks are module fixtures of test modules (tests/ has no packages): reused, not copied.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 import test_registration_flow as e2e  # noqa: E402
+import test_training_flow as training_e2e  # noqa: E402
 
 stack, MODEL = e2e.stack, e2e.MODEL
+training_stack = training_e2e.stack
 
 ON_SQLITE = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+TRAINING_ON_SQLITE = pytest.mark.parametrize("training_stack", ["sqlite"], indirect=True)
 TIMEOUT_S = 90
-OUTPUT_FILES = {"displacement.nii.gz", "warped.nii.gz", "warped_mask.nii.gz", "report.json", "preview.png"}
+TINY = {"warmup_epochs": 0, "epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "crop": None}  # 4 updates
+OUTPUT_FILES = {"displacement.nii.gz", "inverse_displacement.nii.gz", "jacobian.nii.gz", "warped.nii.gz",
+                "warped_mask.nii.gz", "report.json", "preview.png"}
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +97,8 @@ def test_register_wait_and_download_all_give_the_servers_files(stack, image_pair
         one = client.download(job["id"], "warped-mask", tmp_path / "one")  # a folder: the server's file name
 
     assert seen[-1] == job and one == tmp_path / "one" / "warped_mask.nii.gz"
-    assert set(paths) == {"displacement", "warped", "warped_mask", "report", "preview"}
+    assert set(paths) == {"displacement", "inverse_displacement", "jacobian", "warped", "warped_mask", "report",
+                          "preview"}
     assert {p.name for p in (tmp_path / "out").iterdir()} == OUTPUT_FILES  # no .part file left behind
     served = stack.client.get(f"/v1/registrations/{job['id']}/warped-mask").content
     assert paths["warped_mask"].read_bytes() == served == one.read_bytes()
@@ -136,7 +146,8 @@ def test_adacs_submit_wait_out_then_download_and_wait(stack, image_pair, tmp_pat
     assert (tmp_path / "two" / "warped_mask.nii.gz").read_bytes() == \
         (tmp_path / "submit" / "warped_mask.nii.gz").read_bytes()
     assert adacs(["wait", job_id, "--json", "--out", str(tmp_path / "three")]) == 0
-    assert json.loads(capsys.readouterr().out)["id"] == job_id and len(list((tmp_path / "three").iterdir())) == 5
+    assert json.loads(capsys.readouterr().out)["id"] == job_id
+    assert {p.name for p in (tmp_path / "three").iterdir()} == OUTPUT_FILES
 
     assert adacs(["submit", *files[:2], "--model", "absent"]) == 1
     assert "adacs submit: error: HTTP 404 not_found: " in capsys.readouterr().err
@@ -178,109 +189,217 @@ def test_a_wrong_api_key_is_refused_with_its_code(live_server, sqlite_url, tmp_p
         assert "HTTP 401 missing_api_key" in capsys.readouterr().err
 
 
-# -- datasets and training jobs on a stand-in server ------------------------------------------------
+# -- datasets and training jobs on the training e2e stack -----------------------------------------
 
-def training_job(job_id: str, status: str, step: int = 0, **fields) -> dict:
-    progress = {"phase": "adacs", "epoch": step // 2, "epochs": 2, "global_step": step, "total_steps": 4,
-                "m_t": 0.5 + step / 10, "val_dice": 70.0 + step}
-    return {"id": job_id, "status": status, "progress": progress, "error": None, "model_name": "heart",
-            "model_version": "heart:1" if status == "succeeded" else None, **fields}
+class Relay:
+    """A TCP relay in front of the real server whose open connections the test can cut, as a proxy that
+    restarts or a network that drops would: the client then sees its event stream end mid-body."""
 
+    def __init__(self, url: str) -> None:
+        self.target = httpx.URL(url)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.lock, self.open = threading.Lock(), []
+        threading.Thread(target=self._accept, daemon=True).start()
 
-def contract_app(seen: dict) -> FastAPI:
-    """The routes the lead is writing, as the contract states them: ``t-full`` streams every event,
-    ``t-drop`` drops its stream after one event (and is found finished when read)."""
-    app = FastAPI()
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection((self.target.host, self.target.port))
+            with self.lock:
+                self.open += [downstream, upstream]
+            for source, sink in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @app.post("/v1/datasets", status_code=201)
-    async def upload_dataset(file: UploadFile, name: Annotated[str | None, Form()] = None,
-                             layout: Annotated[str | None, Form()] = None):
-        seen["dataset"] = (file.filename, await file.read(), name, layout)
-        return {"id": "ds-1", "name": name, "layout": layout or "acdc", "status": "ready", "n_pairs": 3}
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)  # pass an orderly close on
+        except OSError:  # cut
+            pass
 
-    @app.get("/v1/datasets")
-    def list_datasets():
-        return {"data": [{"id": "ds-1", "name": "hearts", "layout": "acdc", "status": "ready", "n_pairs": 3}],
-                "count": 1}
+    def cut(self) -> None:
+        """Close every connection open now; later ones are relayed as before."""
+        with self.lock:
+            sockets, self.open = self.open, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
-    @app.post("/v1/training-jobs", status_code=202)
-    def train(body: Annotated[dict, Body()]):
-        seen["train"] = body
-        return training_job("t-full", "queued")
+    def __enter__(self) -> Relay:
+        return self
 
-    @app.get("/v1/training-jobs/{job_id}")
-    def read_job(job_id: str):
-        if job_id not in ("t-full", "t-drop"):
-            return JSONResponse({"detail": f"no training job {job_id!r}", "code": "not_found"}, status_code=404)
-        return training_job(job_id, "succeeded", 4)
-
-    @app.post("/v1/training-jobs/{job_id}/cancel", status_code=202)
-    def cancel(job_id: str):
-        return training_job(job_id, "running", 1, cancel_requested=True)
-
-    @app.get("/v1/training-jobs/{job_id}/events")
-    async def events(job_id: str):
-        if job_id not in ("t-full", "t-drop"):
-            return JSONResponse({"detail": f"no training job {job_id!r}", "code": "not_found"}, status_code=404)
-
-        async def stream():
-            yield ": connected\n\n"
-            for step in range(1 if job_id == "t-drop" else 4):
-                yield f"event: progress\ndata: {json.dumps(training_job(job_id, 'running', step))}\n\n"
-                await asyncio.sleep(0.01)
-            if job_id == "t-full":
-                yield f"event: end\ndata: {json.dumps(training_job(job_id, 'succeeded', 4))}\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
-    return app
+    def __exit__(self, *exc_info: object) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self.listener.close()
+        self.cut()
 
 
 @pytest.fixture(scope="module")
-def contract(live_server):
-    seen: dict = {}
-    with live_server(contract_app(seen)) as server:
-        server.seen = seen
-        yield server
+def trainer(training_stack, module_worker_process, tmp_path_factory):
+    """A real Celery worker on the training stack's queues, shared by the tests that train."""
+    log = tmp_path_factory.mktemp("trainer") / "worker.log"
+    return module_worker_process(training_stack.env, training_stack.queues, log)
 
 
-def test_wait_training_follows_the_stream_and_falls_back_to_polling(contract):
-    with AdacsClient(contract.url) as client:
-        steps = []
-        job = client.wait_training("t-full", timeout=10,
-                                   on_progress=lambda job: steps.append(job["progress"]["global_step"]))
-        assert job["status"] == "succeeded" and job["model_version"] == "heart:1" and steps == [0, 1, 2, 3, 4]
-        events = list(client.training_events("t-full"))
-        assert [e for e, _ in events] == ["progress"] * 4 + ["end"]
-        dropped = []
-        job = client.wait_training("t-drop", timeout=10, on_progress=dropped.append, poll_s=0.01)
-        assert job["status"] == "succeeded" and [j["status"] for j in dropped] == ["running", "succeeded"]
-        with pytest.raises(AdacsApiError) as unknown:
-            client.wait_training("t-none", timeout=10)
-        assert (unknown.value.status_code, unknown.value.code) == (404, "not_found")
+@pytest.fixture(scope="module")
+def unserved(training_stack, live_server, redis_url):
+    """A second API on the training stack's database and files whose training queue no worker reads: a
+    job queued through it stays ``queued``, its event stream silent, until the test cancels it."""
+    import redis
+
+    queue = f"training-unserved-{secrets.token_hex(6)}"
+    try:
+        with live_server(create_app(training_stack.settings, training_queue=queue), training_stack.settings) as server:
+            server.api = AdacsClient(server.url)
+            yield server
+            server.api.close()
+    finally:
+        redis.Redis.from_url(redis_url).delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
 
 
-def test_adacs_train_remote_wait_and_cancel(contract, capsys):
-    argv = ["train-remote", "--server", contract.url, "--dataset", "ds-1", "--model-name", "heart", "--epochs", "2",
-            "--lr", "0.001", "--no-bidir", "--crop", "64", "--val-fraction", "0.25", "--wait"]
-    assert adacs(argv) == 0
+def spy_on_reads(client: AdacsClient) -> list[dict]:
+    """Every job ``client.get_training_job`` reads from now on: how ``wait_training`` polls."""
+    reads, read = [], client.get_training_job
+    client.get_training_job = lambda job_id: reads.append(read(job_id)) or reads[-1]
+    return reads
+
+
+@TRAINING_ON_SQLITE
+def test_datasets_upload_list_get_and_delete(training_stack, dataset_zip, tmp_path, capsys):
+    archive, url = tmp_path / "study.zip", training_stack.url
+    archive.write_bytes(dataset_zip)
+    with AdacsClient(url) as client:
+        dataset = client.upload_dataset(archive, name="hearts", layout="manifest")
+        assert (dataset["name"], dataset["layout"], dataset["status"], dataset["n_pairs"]) == \
+            ("hearts", "manifest", "ready", 8)
+        assert (dataset["sha256"], dataset["size_bytes"]) == (hashlib.sha256(dataset_zip).hexdigest(), len(dataset_zip))
+        assert client.get_dataset(dataset["id"]) == dataset
+        assert dataset in client.list_datasets()["data"]
+        client.delete_dataset(dataset["id"])
+        with pytest.raises(AdacsApiError) as gone:
+            client.get_dataset(dataset["id"])
+        assert (gone.value.status_code, gone.value.code) == (404, "not_found")
+
+    assert adacs(["datasets", "upload", str(archive), "--name", "study", "--layout", "manifest",
+                  "--server", url]) == 0
+    uploaded = capsys.readouterr().out.strip()
+    assert adacs(["datasets", "list", "--server", url]) == 0
+    rows = {row.split("\t")[0]: row.split("\t")[1:5] for row in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[uploaded] == ["study", "manifest", "ready", "8"] and dataset["id"] not in rows
+
+
+@TRAINING_ON_SQLITE
+def test_wait_training_follows_the_event_stream_to_its_end(training_stack, trainer, dataset_zip, tmp_path):
+    archive = tmp_path / "study.zip"
+    archive.write_bytes(dataset_zip)
+    with AdacsClient(training_stack.url) as client:
+        dataset = client.upload_dataset(archive)
+        job = client.train(dataset["id"], "streamed", hyperparameters=TINY)
+        assert job["hyperparameters"]["steps_per_epoch"] == 2 and job["model_name"] == "streamed"
+
+        kinds, events = [], client.training_events
+
+        def recorded(job_id, silence_s=None):
+            for kind, body in events(job_id, silence_s):
+                kinds.append(kind)
+                yield kind, body
+
+        client.training_events, reads, seen = recorded, spy_on_reads(client), []
+        final = client.wait_training(job["id"], timeout=TIMEOUT_S, on_progress=seen.append)
+        assert final["status"] == "succeeded", f"{final['error']}\n{trainer.tail()}"
+        assert final["model_version"] == "streamed:1" and seen[-1] == final
+        assert reads == [] and kinds[-1] == "end" and set(kinds[:-1]) == {"progress"}  # the stream's, all of it
+        # How many snapshots the stream catches depends on the machine's speed; they come in order.
+        steps = [body["progress"].get("global_step", 0) for body in seen]
+        order = [("queued", "running", "succeeded").index(body["status"]) for body in seen]
+        assert steps == sorted(steps) and steps[-1] == final["progress"]["total_steps"] == 4
+        assert order == sorted(order)
+        assert [(kind, body["id"]) for kind, body in events(job["id"])] == [("end", job["id"])]  # finished: at once
+
+        # Cancelled while it runs (50,000 updates: it does not end by itself first).
+        asked = []
+
+        def cancel_once_running(body):
+            if body["status"] == "running" and body["progress"].get("global_step", 0) >= 1 and not asked:
+                asked.append(client.cancel_training_job(body["id"]))
+
+        endless = client.train(dataset["id"], "cancelled", hyperparameters=TINY | {"epochs": 10_000,
+                                                                                   "steps_per_epoch": 5})
+        final = client.wait_training(endless["id"], timeout=TIMEOUT_S, on_progress=cancel_once_running)
+        assert asked[0]["cancel_requested"] and asked[0]["status"] in ("running", "cancelled")  # (a quick worker)
+        assert final["status"] == "cancelled" and final["model_version"] is None, trainer.tail()
+        with pytest.raises(AdacsApiError) as finished:
+            client.cancel_training_job(endless["id"])
+        assert (finished.value.status_code, finished.value.code) == (409, "job_finished")
+
+
+@TRAINING_ON_SQLITE
+@pytest.mark.parametrize("fault", ["cut", "silent"])
+def test_wait_training_reads_the_job_when_its_stream_drops_then_follows_it_again(training_stack, unserved, fault):
+    """A job no worker takes stays queued, so its stream sends one event and then nothing until the test
+    cancels it. The stream is cut (the relay closes the connection) or stays silent past
+    ``stream_timeout_s``; the client must read the job once, then subscribe again and get the end."""
+    job = unserved.api.train(training_stack.dataset_id, "never-trained", hyperparameters=TINY)
+    with Relay(unserved.url) as relay, \
+            AdacsClient(relay.url, stream_timeout_s=1.0 if fault == "silent" else 60.0) as client:
+        reads, seen = spy_on_reads(client), []
+
+        def on_progress(body):
+            seen.append(body["status"])
+            if reads and body["status"] == "queued":  # read after the fault: end it (queued: cancelled at once)
+                assert unserved.api.cancel_training_job(body["id"])["status"] == "cancelled"
+            elif fault == "cut" and not reads:  # the first stream's first event
+                relay.cut()
+
+        final = client.wait_training(job["id"], timeout=TIMEOUT_S, on_progress=on_progress, poll_s=0.05)
+    assert final["status"] == "cancelled" and [read["status"] for read in reads] == ["queued"]
+    # The stream's first event (unless the silence came first on a slow machine), the read, the new stream's end.
+    assert seen[-2:] == ["queued", "cancelled"] and set(seen[:-1]) == {"queued"}
+
+
+@TRAINING_ON_SQLITE
+def test_an_unknown_training_job_is_not_found(training_stack):
+    with AdacsClient(training_stack.url) as client:
+        for job_id in (str(uuid.uuid4()), "no-such-job"):
+            calls = {"get": client.get_training_job, "cancel": client.cancel_training_job,
+                     "events": lambda job_id: list(client.training_events(job_id)),
+                     "wait": lambda job_id: client.wait_training(job_id, timeout=10)}
+            for name, call in calls.items():
+                with pytest.raises(AdacsApiError) as unknown:
+                    call(job_id)
+                assert (unknown.value.status_code, unknown.value.code) == (404, "not_found"), name
+                assert f"no training job with id '{job_id}'" in unknown.value.detail, name
+
+
+@TRAINING_ON_SQLITE
+def test_adacs_train_remote_cancel_wait(training_stack, trainer, unserved, capsys):
+    url, dataset = training_stack.url, training_stack.dataset_id
+    assert adacs(["train-remote", "--server", unserved.url, "--dataset", dataset, "--model-name", "queued"]) == 0
+    queued = capsys.readouterr().out.strip()
+    assert adacs(["cancel", queued, "--server", unserved.url]) == 0  # nobody took it: cancelled in the queue
+    assert f"training job {queued}: cancel requested (status cancelled)" in capsys.readouterr().err
+
+    argv = ["train-remote", "--server", url, "--dataset", dataset, "--model-name", "heart", "--warmup-epochs", "0",
+            "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2", "--lr", "0.001", "--no-bidir",
+            "--crop", "32", "--val-fraction", "0.25", "--wait", "--timeout", str(TIMEOUT_S)]
+    assert adacs(argv) == 0, trainer.tail()
     out, err = capsys.readouterr()
-    assert out.strip() == "t-full" and "succeeded: model heart:1" in err and "m_t=0.9" in err
-    # --arch and --method left out: the server's defaults apply (the body does not restate them).
-    assert contract.seen["train"] == {"dataset_id": "ds-1", "model_name": "heart", "val_fraction": 0.25,
-                                      "hyperparameters": {"epochs": 2, "lr": 0.001, "bidir": False, "crop": 64}}
-    assert adacs(["wait", "t-drop", "--server", contract.url, "--json"]) == 0  # not a registration: a training
+    job = training_stack.api.get_training_job(out.strip())
+    assert f"training job {job['id']} succeeded: model heart:1" in err and "upd" in err  # the progress bar's unit
+    hyperparameters = {key: job["hyperparameters"][key] for key in ("epochs", "lr", "bidir", "crop")}
+    assert hyperparameters == {"epochs": 2, "lr": 0.001, "bidir": False, "crop": 32} and job["val_fraction"] == 0.25
+    # --arch and --method left out: the server's defaults apply.
+    assert (job["architecture"], job["method"]) == (TRAIN_DEFAULTS.arch, TRAIN_DEFAULTS.method)
+    assert adacs(["wait", job["id"], "--server", url, "--json"]) == 0  # not a registration: a training
     assert json.loads(capsys.readouterr().out)["model_version"] == "heart:1"
-    assert adacs(["cancel", "t-full", "--server", contract.url]) == 0
-    assert "cancel requested (status running)" in capsys.readouterr().err
-
-
-def test_adacs_datasets_upload_and_list(contract, tmp_path, capsys):
-    archive = tmp_path / "hearts.zip"
-    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: the stand-in does not unpack it
-    assert adacs(["datasets", "upload", str(archive), "--name", "hearts", "--layout", "acdc",
-                  "--server", contract.url]) == 0
-    assert capsys.readouterr().out.strip() == "ds-1"
-    assert contract.seen["dataset"] == ("hearts.zip", archive.read_bytes(), "hearts", "acdc")
-    assert adacs(["datasets", "list", "--server", contract.url]) == 0
-    assert capsys.readouterr().out.splitlines()[1].split("\t")[:5] == ["ds-1", "hearts", "acdc", "ready", "3"]
+    assert adacs(["cancel", job["id"], "--server", url]) == 1
+    assert "HTTP 409 job_finished" in capsys.readouterr().err

@@ -18,10 +18,12 @@ def test_state_modules_import_no_torch_and_no_web_framework():
 
 @pytest.mark.parametrize("ndim, enc, dec", [(2, (4,), (4,)), (3, (8, 16, 16), (16, 16, 16, 8, 8))])
 def test_tensor_counts_agree_with_every_architecture(ndim, enc, dec):
-    from models.networks.estimator import ARCHITECTURES, EstimatorConfig, build_estimator
-    from service.registry.artifact_check import TENSOR_COUNTS, expected_tensor_count
+    from models.networks.estimator import EstimatorConfig
+    from models.networks.registry import ARCHITECTURES, build_estimator
+    from models.networks.tensor_counts import TENSOR_COUNTS
+    from service.registry.artifact_check import expected_tensor_count
 
-    assert set(TENSOR_COUNTS) == set(ARCHITECTURES), "teach service/registry/artifact_check.py the new architecture"
+    assert set(TENSOR_COUNTS) == set(ARCHITECTURES), "teach models/networks/tensor_counts.py the new architecture"
     for arch in ARCHITECTURES:
         config = EstimatorConfig(arch=arch, ndim=ndim, enc=enc, dec=dec)
         expected = expected_tensor_count({"format": 1, "estimator": config.to_dict()})
@@ -31,7 +33,8 @@ def test_tensor_counts_agree_with_every_architecture(ndim, enc, dec):
 def test_a_saved_artifact_registers_and_loads_back(session, store, tmp_path):
     from models import artifact
     from models.intensity import IntensityConfig
-    from models.networks.estimator import EstimatorConfig, build_estimator
+    from models.networks.estimator import EstimatorConfig
+    from models.networks.registry import build_estimator
     from service.registry import promote, register_version, resolve
     from service.registry.artifact_check import ARTIFACT_FILES, ARTIFACT_FORMAT
 

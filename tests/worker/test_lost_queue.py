@@ -16,7 +16,7 @@ import pytest
 
 from service.core.config import Settings
 from service.db import JobStatus
-from service.tasks import TaskSender
+from service.jobs.tasks import TaskSender
 
 N_JOBS = 3
 TIMEOUT_S = 90
@@ -42,7 +42,7 @@ def test_jobs_whose_messages_were_lost_are_sent_again_and_run_once(redis_url, db
         jobs = [create_job(settings) for _ in range(N_JOBS)]
         sender = TaskSender(settings)  # what the API does once a row is committed
         for job_id in jobs:
-            sender.send_registration(job_id)
+            sender.send("registration", job_id)
         sender.close()
         assert client.llen(queue) == N_JOBS
         assert _drop_keys(client, token) >= 1 and client.llen(queue) == 0  # the restart: nothing left to deliver

@@ -140,3 +140,22 @@ def load(engine, job_id: str) -> tuple[JobStatus, int]:
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
         return job.status, job.attempts
+
+
+def test_the_reapers_copies_go_through_the_apis_sender_marked_only_if_queued(tmp_path, monkeypatch):
+    import worker.reaper
+    from service.core.config import Settings
+    from service.jobs.tasks import REGISTRATION_TASK, TRAINING_TASK
+
+    calls = []
+
+    class App:
+        def send_task(self, name, **options):
+            calls.append((name, options))
+
+    monkeypatch.setattr(worker.reaper, "app", App())
+    send = worker.reaper._sender(Settings(data_dir=tmp_path, inference_queue="inf-1", training_queue="train-1"))
+    send("registration", "r")
+    send("training", "t")
+    assert calls == [(REGISTRATION_TASK, {"args": ["r"], "kwargs": {"only_if_queued": True}, "queue": "inf-1"}),
+                     (TRAINING_TASK, {"args": ["t"], "kwargs": {"only_if_queued": True}, "queue": "train-1"})]

@@ -8,7 +8,8 @@ import textwrap
 from pathlib import Path
 
 from service.core.config import Settings
-from worker.celery_app import FILESYSTEM_POLLING_INTERVAL_S, REGISTRATION_TASK, celery_config, create_app
+from service.jobs.tasks import FILESYSTEM_POLLING_INTERVAL_S, REAP_TASK, REGISTRATION_TASK, RETENTION_TASK
+from worker.celery_app import TASK_MODULES, celery_config, create_app
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +72,6 @@ def test_the_filesystem_broker_polls_its_folder_often(tmp_path):
 
 
 def test_beat_runs_the_reaper_and_retention_on_their_own_intervals(tmp_path):
-    from worker.celery_app import REAP_TASK, RETENTION_TASK, TASK_MODULES
-
     settings = Settings(data_dir=tmp_path, reaper_interval_s=7, retention_interval_s=600, inference_queue="maint")
     schedule = celery_config(settings, WorkerSettings())["beat_schedule"]
     assert schedule["reap-stale-jobs"] == {"task": REAP_TASK, "schedule": 7,

@@ -34,15 +34,17 @@ def test_a_cancelled_job_ends_cancelled_without_running(settings, engine, create
 
 
 def test_a_cancel_while_running_stops_the_job(settings, engine, register_model, create_job, load_job, monkeypatch):
+    import models.register
+
     register_model(settings)
     job_id = create_job(settings)
-    read_inputs = registration.read_inputs
+    read_inputs = models.register.read_registration_inputs
 
     def read_then_cancel(*args, **kwargs):
         set_job(engine, job_id, cancel_requested=True)  # what the API's DELETE does
         return read_inputs(*args, **kwargs)
 
-    monkeypatch.setattr(registration, "read_inputs", read_then_cancel)
+    monkeypatch.setattr(models.register, "read_registration_inputs", read_then_cancel)
     run_registration(job_id, settings=settings)
     job = load_job(settings, job_id)
     assert (job.status, job.attempts, job.result) == (JobStatus.CANCELLED, 1, None)

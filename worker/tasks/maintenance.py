@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from service.core.config import get_settings
 from service.db import get_engine
+from service.jobs.tasks import RETENTION_TASK
 from service.retention import run_retention
 from service.storage import LocalArtifactStore
-from worker.celery_app import RETENTION_TASK, app
+from worker.celery_app import app
 
 __all__ = ["retention"]
 

@@ -5,7 +5,8 @@ The contract with the API
 Before sending the task, the API stores the uploads in the job's folder,
 ``store.job_dir(job_id)/inputs/``, as ``fixed.<ext>``, ``moving.<ext>`` and optionally
 ``moving_mask.<ext>`` and ``fixed_mask.<ext>`` (the extension the upload had: ``.nii.gz``,
-``.mha``, ``.zip``...), then commits a ``registration`` job row (``queued``) whose ``params`` are::
+``.mha``, ``.zip``...), then commits a ``registration`` job row (``queued``) whose ``params``
+(``service.jobs.registration.RegistrationParams``, which both sides parse and write) are::
 
     {"model": "cardiac" | "cardiac:3" | "cardiac@staging",   # default: ADACS_DEFAULT_MODEL
      "inputs": {"fixed": "inputs/fixed.nii.gz", "moving": "inputs/moving.nii.gz",
@@ -27,7 +28,8 @@ While running: ``status="running"``, ``attempts`` (one per delivery), ``started_
 ``heartbeat_at`` and ``progress={"phase": ..., "step": k, "steps": 4}`` with phases
 ``loading_model``, ``reading_inputs``, ``registering``, ``writing_outputs``.
 
-On success, ``status="succeeded"``, ``finished_at`` and ``result``::
+On success, ``status="succeeded"``, ``finished_at`` and ``result``
+(``service.jobs.registration.RegistrationResult``)::
 
     {"model": {"ref": "cardiac:3", "name": "cardiac", "version": 3, "sha256": "..."},
      "outputs": {ROLE: {"file": NAME, "sha256": "...", "key": "objects/ab/...", "size_bytes": N}},
@@ -39,7 +41,8 @@ with ROLE -> NAME: ``displacement`` -> ``displacement.nii.gz``, ``warped`` -> ``
 ``warped_mask`` -> ``warped_mask.nii.gz`` (with a moving mask), ``report`` -> ``report.json``,
 ``preview`` -> ``preview.png``. The files are objects of the artifact store (serve them with
 ``store.open(sha256)``); a copy sits in ``job_dir/outputs/``, which appears whole or not at all.
-They are the files ``adacs register`` writes, by the same code (``models.outputs``).
+They are the files ``adacs register`` writes, by the same pipeline (``models.register.register_files``,
+whose phases are the progress above).
 
 On failure, ``status="failed"``, ``error="<code>: <message>"`` and
 ``result={"error": {"code", "message", "http_status", "details"[, "traceback"]}}``, and no outputs.
@@ -53,107 +56,56 @@ backoff; see ``worker.failures``). A job with ``cancel_requested`` ends ``cancel
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from models.io.image import Image
-from models.outputs import REPORT, write_registration_outputs
 from service.core.config import Settings, get_settings
 from service.db import JobKind, session_scope
+from service.jobs.registration import OutputFile, RegistrationParams, RegistrationResult
+from service.jobs.schema import InvalidJobParams, ModelVersionRef
+from service.jobs.tasks import REGISTRATION_TASK
 from service.registry import resolve
 from service.storage import ArtifactStore
-from worker.celery_app import REGISTRATION_TASK, app
-from worker.failures import TRANSIENT_ERRORS, InvalidJobParams
 from worker.jobs import Claim, JobMonitor, run_job
 from worker.model_cache import MODEL_CACHE, default_device
 from worker.preview import write_preview
+from worker.tasks.job_task import job_task
 
 if TYPE_CHECKING:  # models.register imports torch; the task imports it when it runs
-    from models.register import RegistrationResult
+    from models.register import RegisteredFiles
 
-__all__ = ["run_registration", "run", "RegistrationParams", "PREVIEW"]
+__all__ = ["run_registration", "run", "write_outputs", "PREVIEW"]
 
 log = logging.getLogger(__name__)
 PREVIEW = "preview.png"
-ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
-STEPS = ("loading_model", "reading_inputs", "registering", "writing_outputs")
+# The phases of models.register.register_files, in order, and the key of each one's time in
+# ``result["timings_s"]`` (a contract with clients: see the module docstring).
+TIMED_PHASES = {"loading_model": "load_model", "reading_inputs": "read_inputs", "registering": "register",
+                "writing_outputs": "write_outputs"}
 
 
-@dataclass(frozen=True)
-class RegistrationParams:
-    """``job.params`` checked (see the module docstring)."""
-
-    model: str
-    inputs: dict[str, str]
-    series: dict[str, str | None] = field(default_factory=dict)
-    frames: dict[str, int | None] = field(default_factory=dict)
-    refine_steps: int | None = None
-    refine_time_limit_s: float | None = None
-
-    @classmethod
-    def parse(cls, params: dict[str, Any], default_model: str) -> RegistrationParams:
-        inputs = params.get("inputs")
-        if not isinstance(inputs, dict) or not {"fixed", "moving"} <= set(inputs):
-            raise InvalidJobParams(f"params['inputs'] must name at least 'fixed' and 'moving', got {inputs!r}")
-        unknown = set(inputs) - set(ROLES)
-        if unknown or not all(isinstance(v, str) for v in inputs.values()):
-            raise InvalidJobParams(f"params['inputs'] maps {list(ROLES)} to relative paths, got {inputs!r}")
-        model = params.get("model") or default_model
-        if not isinstance(model, str):
-            raise InvalidJobParams(f"params['model'] is a model reference string, got {model!r}")
-        series = {r: params.get(f"{r}_series") for r in ("fixed", "moving")}
-        frames = {r: params.get(f"{r}_frame") for r in ("fixed", "moving")}
-        if not all(v is None or isinstance(v, str) for v in series.values()) or not all(
-                v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in frames.values()):
-            raise InvalidJobParams(f"params: a *_series is a string and a *_frame an integer, got {series}, {frames}")
-        return cls(model, dict(inputs), series, frames, *_refine_params(params))
+def _input_paths(job_dir: Path, params: RegistrationParams) -> dict[str, Path]:
+    """The inputs' files by role; a path that leaves the job's folder breaks the contract."""
+    paths = {}
+    for role, relative in params.inputs.items():
+        path = (job_dir / relative).resolve()
+        if Path(relative).is_absolute() or not path.is_relative_to(job_dir.resolve()):
+            raise InvalidJobParams(f"input path {relative!r} leaves the job's folder")
+        paths[role] = path
+    return paths
 
 
-def _refine_params(params: dict[str, Any]) -> tuple[int | None, float | None]:
-    """``refine_steps`` and ``refine_time_limit_s`` checked; None leaves the choice to the model card."""
-    steps, seconds = params.get("refine_steps"), params.get("refine_time_limit_s")
-    steps_ok = steps is None or (type(steps) is int and steps >= 0)  # type(), not isinstance: no bools
-    seconds_ok = seconds is None or (type(seconds) in (int, float) and 0 < seconds < math.inf)
-    if not (steps_ok and seconds_ok):
-        raise InvalidJobParams(f"params: refine_steps is an integer >= 0 and refine_time_limit_s a number of "
-                               f"seconds > 0, got {steps!r} and {seconds!r}")
-    return steps, seconds
-
-
-def _input_path(job_dir: Path, relative: str) -> Path:
-    path = (job_dir / relative).resolve()
-    if Path(relative).is_absolute() or not path.is_relative_to(job_dir.resolve()):
-        raise InvalidJobParams(f"input path {relative!r} leaves the job's folder")
-    return path
-
-
-def read_inputs(job_dir: Path, params: RegistrationParams, max_voxels: int) -> dict[str, Image | None]:
-    """The four images by role (masks None when absent), read and checked again.
-
-    The API ran the same function (``models.io.readers.read_registration_inputs``) before the job
-    existed; running it here too is defence in depth (files changed on disk, a job row written by
-    something else), and what fails here ends the job ``failed`` with the same typed error.
-    """
-    from models.io.readers import read_registration_inputs
-
-    paths = {role: _input_path(job_dir, relative) for role, relative in params.inputs.items()}
-    return read_registration_inputs(paths, series=params.series, frames=params.frames, max_voxels=max_voxels)
-
-
-def _store_outputs(store: ArtifactStore, paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
+def _store_outputs(store: ArtifactStore, paths: dict[str, Path]) -> dict[str, OutputFile]:
     outputs = {}
     for role, path in paths.items():
         sha = store.put_file(path)
-        outputs[role] = {"file": path.name, "sha256": sha, "key": store.key_of(sha),
-                         "size_bytes": path.stat().st_size}
+        outputs[role] = OutputFile(file=path.name, sha256=sha, key=store.key_of(sha), size_bytes=path.stat().st_size)
     return outputs
 
 
@@ -163,71 +115,72 @@ def _publish(staging: Path, outputs_dir: Path) -> None:
     staging.rename(outputs_dir)
 
 
-def write_outputs(store: ArtifactStore, job_dir: Path, result: RegistrationResult, images: dict[str, Image | None],
-                  report: dict[str, Any], before_publish: Callable[[], None] = lambda: None) -> dict[str, dict]:
-    """The CLI's files plus ``preview.png``, into the store and then ``job_dir/outputs/``.
+def write_outputs(store: ArtifactStore, job_dir: Path, staging: Path, done: RegisteredFiles,
+                  before_publish: Callable[[], None] = lambda: None) -> dict[str, OutputFile]:
+    """The CLI's files (``register_files`` wrote them into ``staging``) plus ``preview.png``, into the
+    store and then, by renaming ``staging``, ``job_dir/outputs/``.
 
     ``before_publish`` may raise to keep ``outputs/`` as it is (the job was cancelled or overtaken).
     """
-    from models.artifact import write_json_atomic
-
-    staging = Path(tempfile.mkdtemp(dir=job_dir, prefix=".outputs-"))
-    try:
-        paths = write_registration_outputs(staging, result)
-        write_json_atomic(staging / REPORT, report)
-        paths["report"] = staging / REPORT
-        paths["preview"] = write_preview(staging / PREVIEW, images["fixed"], result.warped, result.warped_mask,
-                                         images["fixed_mask"])
-        outputs = _store_outputs(store, paths)
-        before_publish()
-        _publish(staging, job_dir / "outputs")
-        return outputs
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    fixed, fixed_mask, result = done.images["fixed"], done.images["fixed_mask"], done.result
+    preview = write_preview(staging / PREVIEW, fixed, result.warped, result.warped_mask, fixed_mask)
+    outputs = _store_outputs(store, done.paths | {"preview": preview})
+    before_publish()
+    _publish(staging, job_dir / "outputs")
+    return outputs
 
 
-def _resolve_model(engine: Engine, ref: str) -> dict[str, Any]:
+def _resolve_model(engine: Engine, ref: str) -> ModelVersionRef:
     with session_scope(engine) as session:
         version = resolve(session, ref)
-        return {"ref": version.ref, "name": version.model.name, "version": version.version,
-                "sha256": version.sha256}
+        return ModelVersionRef(ref=version.ref, name=version.model.name, version=version.version,
+                               sha256=version.sha256)
+
+
+class _Phases:
+    """``register_files``' ``on_phase``: each phase becomes the job's progress, and is timed."""
+
+    def __init__(self, monitor: JobMonitor) -> None:
+        self.monitor, self.start, self.marks = monitor, time.perf_counter(), {}
+
+    def __call__(self, phase: str) -> None:
+        self.monitor.progress(phase=phase, step=list(TIMED_PHASES).index(phase) + 1, steps=len(TIMED_PHASES))
+        self.marks[phase] = time.perf_counter()
+
+    def timings_s(self) -> dict[str, float]:
+        """Each phase's seconds (the last one's until now) and the total since the job's work began."""
+        now = time.perf_counter()
+        ends = [*list(self.marks.values())[1:], now]
+        spans = {TIMED_PHASES[phase]: round(end - begin, 4) for (phase, begin), end in zip(self.marks.items(), ends)}
+        return spans | {"total": round(now - self.start, 4)}
 
 
 def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactStore,
               monitor: JobMonitor) -> dict[str, Any]:
-    """The job's work; returns its ``result``."""
-    from models.refine import refine_config
-    from models.register import register_images
+    """The job's work: the CLI's pipeline into a staging folder, then the worker's own (preview, store, publish).
 
-    start, timings = time.perf_counter(), {}
+    Returns the job's ``result``.
+    """
+    from models.register import register_files
 
-    def step(phase: str) -> None:
-        monitor.progress(phase=phase, step=STEPS.index(phase) + 1, steps=len(STEPS))
-        timings[phase] = time.perf_counter()
-
-    params = RegistrationParams.parse(claim.params, settings.default_model)
+    phases = _Phases(monitor)
+    params = RegistrationParams.parse(claim.params)
     job_dir = store.job_dir(claim.job_id)
-    step("loading_model")
-    model_info = _resolve_model(engine, params.model)
+    inputs = _input_paths(job_dir, params)
+    model = _resolve_model(engine, params.model or settings.default_model)
     device = default_device()
-    model = MODEL_CACHE.get(store, model_info["sha256"], device)
-    step("reading_inputs")
-    images = read_inputs(job_dir, params, settings.max_voxels)
-    step("registering")
-    refine_with = refine_config(model.card, params.refine_steps, params.refine_time_limit_s)
-    result = register_images(model, images["fixed"], images["moving"], images["moving_mask"], images["fixed_mask"],
-                             refine_with=refine_with)
-    step("writing_outputs")
-    report = result.report | {"model": model_info["ref"], "model_sha256": model_info["sha256"],
-                              "model_load_s": round(timings["reading_inputs"] - timings["loading_model"], 4),
-                              "wall_s": round(time.perf_counter() - start, 4),
-                              "displacement_units": "mm, ITK LPS physical space, fixed point p -> p + u(p)"}
-    outputs = write_outputs(store, job_dir, result, images, report, before_publish=monitor.confirm)
-    marks = [timings[p] for p in STEPS] + [time.perf_counter()]
-    spans = {name: round(b - a, 4) for name, a, b in
-             zip(("load_model", "read_inputs", "register", "write_outputs"), marks, marks[1:])}
-    return {"model": model_info, "outputs": outputs, "report": report, "device": device, "attempt": claim.attempt,
-            "timings_s": spans | {"total": round(time.perf_counter() - start, 4)}}
+    staging = Path(tempfile.mkdtemp(dir=job_dir, prefix=".outputs-"))
+    try:
+        done = register_files(lambda: MODEL_CACHE.get(store, model.sha256, device), inputs, staging,
+                              model_fields={"model": model.ref, "model_sha256": model.sha256},
+                              series=params.series, frames=params.frames, max_voxels=settings.max_voxels,
+                              refine_steps=params.refine_steps, refine_time_limit_s=params.refine_time_limit_s,
+                              label_names=params.label_names, on_phase=phases)
+        outputs = write_outputs(store, job_dir, staging, done, before_publish=monitor.confirm)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return RegistrationResult(model=model, outputs=outputs, report=done.report, timings_s=phases.timings_s(),
+                              device=device, attempt=claim.attempt).to_row()
 
 
 def run_registration(job_id: str, *, settings: Settings | None = None, only_if_queued: bool = False) -> None:
@@ -242,12 +195,4 @@ def run_registration(job_id: str, *, settings: Settings | None = None, only_if_q
             only_if_queued=only_if_queued)
 
 
-@app.task(name=REGISTRATION_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,
-          retry_jitter=True, max_retries=5)
-def run(job_id: str, only_if_queued: bool = False) -> None:
-    """Celery's wrapper of :func:`run_registration` (retried with backoff on transient errors only).
-
-    ``only_if_queued`` marks a copy the reaper sent: it claims only a job still queued
-    (``worker.jobs.claim_job``). The API sends ``args=[job_id]`` alone.
-    """
-    run_registration(job_id, only_if_queued=only_if_queued)
+run = job_task(REGISTRATION_TASK, run_registration)

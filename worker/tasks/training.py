@@ -2,7 +2,8 @@
 
 The contract with the API
 -------------------------
-The API commits a ``training`` job row (``queued``) whose ``params`` are::
+The API commits a ``training`` job row (``queued``) whose ``params``
+(``service.jobs.training.TrainingParams``, which both sides parse and write) are::
 
     {"dataset_id": "<uuid>",                 # a ready row of ``datasets``, unpacked in the store
      "model_name": "cardiac",                # the registry name the estimator is registered under
@@ -34,11 +35,12 @@ training step reports, and a cancelled or overtaken job stops at that step (the 
 last completed checkpoint).
 
 On success the displacement estimator alone (``train/model/``: no scoring or auxiliary network)
-becomes the next version of ``model_name`` with ``source_job_id`` = the job, and ``result`` is::
+becomes the next version of ``model_name`` with ``source_job_id`` = the job, and ``result``
+(``service.jobs.training.TrainingResult``) is::
 
     {"model": {"ref": "cardiac:2", "name", "version", "sha256"}, "validation": {"val_dice", ...},
-     "card": {...}, "data": {"n_train_pairs", "n_val_pairs", "n_subjects", ...},
-     "device": "cuda" | "cpu", "attempt": 1, "wall_s": 123.4}
+     "data": {"n_train_pairs", "n_val_pairs", "n_subjects", ...}, "device": "cuda" | "cpu",
+     "attempt": 1, "resumed_from_epoch": 0, "epochs_run": 60, "wall_s": 123.4}
 
 A redelivery after the version was registered finds it by ``source_job_id`` and does not register
 a second one. Failures are recorded as for registrations (``worker.failures``): bad data or
@@ -51,7 +53,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +62,16 @@ from models.defaults import TRAIN_DEFAULTS, default_micro_batch_size
 from service.access import principal_for_owner
 from service.core.config import Settings, get_settings
 from service.db import Dataset, DatasetStatus, Job, JobKind, ModelVersion, session_scope
+from service.jobs.schema import InvalidJobParams, ModelVersionRef
+from service.jobs.tasks import TRAINING_TASK
+from service.jobs.training import TrainingParams, TrainingResult
 from service.registry import register_version
 from service.storage import ArtifactStore
-from worker.celery_app import TRAINING_TASK, app
-from worker.failures import TRANSIENT_ERRORS, InvalidJobParams
 from worker.jobs import Claim, JobMonitor, run_job
 from worker.model_cache import default_device
+from worker.tasks.job_task import job_task
 
-__all__ = ["TrainingParams", "run_training", "run", "split_by_subject"]
+__all__ = ["run_training", "run", "split_by_subject"]
 
 log = logging.getLogger(__name__)
 TRAIN_DIR = "train"
@@ -76,34 +79,6 @@ TRAIN_DIR = "train"
 
 class DatasetUnavailable(ValueError):
     """The job's dataset is gone or not ready: the job fails (a user's problem, not retried)."""
-
-
-@dataclass(frozen=True)
-class TrainingParams:
-    """``job.params`` checked (see the module docstring)."""
-
-    dataset_id: str
-    model_name: str
-    architecture: str
-    method: str
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.2
-    architecture_options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, params: dict[str, Any]) -> TrainingParams:
-        missing = [k for k in ("dataset_id", "model_name", "architecture", "method") if not params.get(k)]
-        if missing:
-            raise InvalidJobParams(f"training params lack {missing}")
-        hp = params.get("hyperparameters") or {}
-        fraction = params.get("val_fraction", 0.2)
-        options = params.get("architecture_options") or {}
-        if not isinstance(hp, dict) or not isinstance(options, dict) or not isinstance(fraction, int | float) \
-                or not 0 <= fraction < 1:
-            raise InvalidJobParams(f"hyperparameters and architecture_options must be objects and 0 <= val_fraction"
-                                   f" < 1, got {hp!r}, {options!r}, {fraction!r}")
-        return cls(str(params["dataset_id"]), str(params["model_name"]), str(params["architecture"]),
-                   str(params["method"]), dict(hp), float(fraction), dict(options))
 
 
 def split_by_subject(pairs: list, val_fraction: float) -> tuple[list, list]:
@@ -132,7 +107,7 @@ def train_config(params: TrainingParams, device: str):
         raise InvalidJobParams(f"unknown hyperparameters {unknown}; known: {sorted(known)}")
     if hp.get("micro_batch_size") is None:
         hp["micro_batch_size"] = default_micro_batch_size(int(hp.get("batch_size", TRAIN_DEFAULTS.batch_size)))
-    from models.networks.estimator import resolve_options
+    from models.networks.registry import resolve_options
 
     estimator = EstimatorConfig(arch=params.architecture, options=params.architecture_options)
     try:
@@ -145,7 +120,7 @@ def train_config(params: TrainingParams, device: str):
 
 
 def _load_pairs(engine: Engine, store: ArtifactStore, params: TrainingParams) -> tuple[list, dict[str, Any]]:
-    from models.data.detect import dataset_spec
+    from models.data.layout import dataset_spec
     from models.data.spec import load_pairs
 
     with session_scope(engine) as session:
@@ -187,7 +162,7 @@ class _Progress:
 
 
 def _registered(engine: Engine, store: ArtifactStore, params: TrainingParams, job_id: str,
-                artifact: Path) -> dict[str, Any]:
+                artifact: Path) -> ModelVersionRef:
     """The job's model version: the one it already registered (a redelivery), or a new one."""
     with session_scope(engine) as session:
         version = session.scalars(select(ModelVersion).where(ModelVersion.source_job_id == job_id)).first()
@@ -195,7 +170,8 @@ def _registered(engine: Engine, store: ArtifactStore, params: TrainingParams, jo
             owner = principal_for_owner(session, session.scalar(select(Job.owner_key_id).where(Job.id == job_id)))
             version = register_version(session, store, params.model_name, artifact, source_job_id=job_id,
                                        owner=owner)
-        return {"ref": version.ref, "name": version.model.name, "version": version.version, "sha256": version.sha256}
+        return ModelVersionRef(ref=version.ref, name=version.model.name, version=version.version,
+                               sha256=version.sha256)
 
 
 def _checkpoint_epoch(out_dir: Path) -> int:
@@ -229,9 +205,9 @@ def _train(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonit
     monitor.confirm()  # still ours: a cancelled or overtaken job registers nothing
     model = _registered(engine, store, params, claim.job_id, result.out_dir / "model")
     last = result.history[-1] if result.history else {}
-    return {"model": model, "validation": {k: last[k] for k in ("val_dice", "val_folding_pct") if k in last},
-            "data": description, "device": device, "attempt": claim.attempt, "resumed_from_epoch": resumed_from,
-            "epochs_run": len(result.history), "wall_s": round(time.perf_counter() - start, 2)}
+    return TrainingResult(model=model, validation={k: last[k] for k in ("val_dice", "val_folding_pct") if k in last},
+                          data=description, device=device, attempt=claim.attempt, resumed_from_epoch=resumed_from,
+                          epochs_run=len(result.history), wall_s=round(time.perf_counter() - start, 2)).to_row()
 
 
 def run_training(job_id: str, *, settings: Settings | None = None, only_if_queued: bool = False) -> None:
@@ -239,12 +215,4 @@ def run_training(job_id: str, *, settings: Settings | None = None, only_if_queue
     run_job(job_id, JobKind.TRAINING, settings or get_settings(), _train, only_if_queued=only_if_queued)
 
 
-@app.task(name=TRAINING_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,
-          retry_jitter=True, max_retries=5)
-def run(job_id: str, only_if_queued: bool = False) -> None:
-    """Celery's wrapper of :func:`run_training` (retried with backoff on transient errors only).
-
-    ``only_if_queued`` marks a copy the reaper sent: it claims only a job still queued
-    (``worker.jobs.claim_job``). The API sends ``args=[job_id]`` alone.
-    """
-    run_training(job_id, only_if_queued=only_if_queued)
+run = job_task(TRAINING_TASK, run_training)

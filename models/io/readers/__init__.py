@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from models.io.errors import SUPPORTED_FORMATS
 from models.io.readers.checks import check_mask, check_pair
-from models.io.readers.detect import detect_format
+from models.io.readers.file_format import detect_format
 from models.io.readers.header import DEFAULT_MAX_VOXELS, ImageHeader, check_header
 from models.io.readers.inputs import INPUT_ROLES, read_registration_inputs
 from models.io.readers.read import read_header, read_image

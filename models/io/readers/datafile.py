@@ -13,9 +13,28 @@ import os
 import re
 from pathlib import Path
 
-from models.io.errors import UnreadableImageError, UnsafePathError, UnsupportedFormatError
+from models.io.errors import EmptyImageError, UnreadableImageError, UnsafePathError, UnsupportedFormatError
 
-__all__ = ["data_file", "check_size"]
+__all__ = ["axis_sizes", "data_file", "check_size"]
+
+
+def axis_sizes(fields: dict[str, str], count_key: str, sizes_key: str, header: str, display: str) -> list[int]:
+    """The axis sizes a text header states (``sizes_key``), checked against its axis count (``count_key``)
+    and for zero-size axes; ``fields`` is keyed in lower case, ``count_key``/``sizes_key`` are the
+    format's own spellings, named in the messages."""
+    try:
+        count = int(fields[count_key.lower()])
+        sizes = [int(v) for v in fields[sizes_key.lower()].split()]
+    except (KeyError, ValueError):
+        raise UnreadableImageError(f"the {header} header lacks a valid {count_key} or {sizes_key}",
+                                   path=display) from None
+    if len(sizes) != count:
+        raise UnreadableImageError(f"the {header} header says {count_key} = {count} but {sizes_key} has "
+                                   f"{len(sizes)} values", path=display)
+    if any(s <= 0 for s in sizes):
+        raise EmptyImageError(f"has a zero-size axis ({sizes_key} = {' '.join(map(str, sizes))}): it holds no "
+                              "voxels", path=display, hint="export the image again; the file is empty")
+    return sizes
 
 
 def data_file(header_path: Path, name: str, field_name: str, display: str) -> Path:

@@ -76,20 +76,23 @@ def _check_voxel_type(header: ImageHeader) -> None:
                                "grey value per voxel is expected", path=display, components=header.n_components)
 
 
-def _check_frame(header: ImageHeader, frame: int | None) -> None:
-    """Refuse a 4-D+ image without ``frame``, and a ``frame`` the image does not have."""
+def _check_frame(header: ImageHeader, frame: int | None, frame_name: str | None) -> None:
+    """Refuse a 4-D+ image without ``frame``, and a ``frame`` the image does not have; the messages call the
+    parameter ``frame_name``, the name the caller's user sent it by (``moving_frame``); None where the input
+    has no such parameter (a mask), so the message does not invent one."""
     display, size, n_frames = header.path, header.size, header.n_frames
     if header.dims > 3 and n_frames > 1 and frame is None:
         raise FrameRequiredError(f"is a {header.dims}-D image of size {fmt_size(size)}, i.e. {n_frames} frames "
                                  f"of {fmt_size(size[:3])}", path=display, n_frames=n_frames,
-                                 hint=f"choose one 3-D frame with the frame parameter (frame=0 to {n_frames - 1})")
+                                 hint=f"choose one 3-D frame with {frame_name} (0 to {n_frames - 1})" if frame_name
+                                 else "upload one 3-D frame: this input takes no frame choice")
     if frame is not None and not 0 <= frame < n_frames:
-        hint = f"choose a frame from 0 to {n_frames - 1}" if n_frames > 1 else "leave frame unset"
-        raise FrameOutOfRangeError(f"frame={frame} is out of range: the image has {n_frames} frame"
+        hint = f"choose a frame from 0 to {n_frames - 1}" if n_frames > 1 else f"leave {frame_name} unset"
+        raise FrameOutOfRangeError(f"{frame_name}={frame} is out of range: the image has {n_frames} frame"
                                    f"{'s' * (n_frames != 1)}", path=display, n_frames=n_frames, hint=hint)
 
 
-def check_header(header: ImageHeader, *, frame: int | None = None,
+def check_header(header: ImageHeader, *, frame: int | None = None, frame_name: str | None = "frame",
                  max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[int, ...]:
     """Refuse what :func:`read_image` would refuse from the header alone; returns the frame's index.
 
@@ -98,7 +101,7 @@ def check_header(header: ImageHeader, *, frame: int | None = None,
     """
     display, size = header.path, header.size
     _check_voxel_type(header)
-    _check_frame(header, frame)
+    _check_frame(header, frame, frame_name)
     voxels = header.n_voxels
     if voxels > max_voxels:
         raise ImageTooLargeError(f"has {voxels:,} voxels ({fmt_size(size[:3])}), more than the limit of "

@@ -21,6 +21,7 @@ __all__ = ["INPUT_ROLES", "MASK_OF", "read_registration_inputs"]
 
 INPUT_ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
 MASK_OF = {"moving_mask": "moving", "fixed_mask": "fixed"}
+FRAME_ROLES = ("fixed", "moving")  # the images a frame of a 4-D series may be chosen for (`moving_frame`)
 """Each mask role and the image role it must lie on."""
 
 
@@ -51,8 +52,9 @@ def read_registration_inputs(paths: Mapping[str, Path], *, series: Mapping[str, 
     images: dict[str, Image | None] = dict.fromkeys(INPUT_ROLES)
     for role in INPUT_ROLES:
         if role in paths:
+            frame_name = f"{role}_frame" if role in FRAME_ROLES else None
             images[role] = read_image(paths[role], kind=_kind(role), series=series.get(role),
-                                      frame=frames.get(role), max_voxels=max_voxels)
+                                      frame=frames.get(role), frame_name=frame_name, max_voxels=max_voxels)
     check_pair(images["fixed"], images["moving"])
     for mask, image in MASK_OF.items():
         if images[mask] is not None:

@@ -12,8 +12,8 @@ import math
 import re
 from pathlib import Path
 
-from models.io.errors import EmptyImageError, UnreadableImageError
-from models.io.readers.datafile import check_size, data_file
+from models.io.errors import UnreadableImageError
+from models.io.readers.datafile import axis_sizes, check_size, data_file
 
 __all__ = ["check_metaimage"]
 
@@ -41,29 +41,13 @@ def _parse(path: Path) -> tuple[dict[str, str], int | None]:
     return fields, header_len
 
 
-def _dims(fields: dict[str, str], display: str) -> list[int]:
-    """``DimSize``, checked against ``NDims`` and for zero-size axes."""
-    try:
-        ndims = int(fields["ndims"])
-        dims = [int(v) for v in fields["dimsize"].split()]
-    except (KeyError, ValueError):
-        raise UnreadableImageError("the MetaImage header lacks a valid NDims or DimSize", path=display) from None
-    if len(dims) != ndims:
-        raise UnreadableImageError(f"the MetaImage header says NDims = {ndims} but DimSize has {len(dims)} values",
-                                   path=display)
-    if any(d <= 0 for d in dims):
-        raise EmptyImageError(f"has a zero-size axis (DimSize = {' '.join(map(str, dims))}): it holds no voxels",
-                              path=display, hint="export the image again; the file is empty")
-    return dims
-
-
 def check_metaimage(path: Path, display: str) -> None:
     """Refuse a MetaImage whose header is incomplete or whose pixel data are missing, unsafe or short."""
     fields, header_len = _parse(path)
     if header_len is None:
         raise UnreadableImageError("the MetaImage header has no ElementDataFile line (incomplete header)",
                                    path=display)
-    dims = _dims(fields, display)
+    dims = axis_sizes(fields, "NDims", "DimSize", "MetaImage", display)
     etype = fields.get("elementtype", "").upper()
     if etype not in _META_TYPES:
         raise UnreadableImageError("the MetaImage header has no ElementType or one that is not a MET_ pixel type "

@@ -21,7 +21,7 @@ import numpy as np
 
 from models.io.errors import EmptyImageError, UnreadableImageError
 from models.io.image import Geometry
-from models.io.readers.detect import nifti_version
+from models.io.readers.file_format import nifti_version
 from models.io.readers.geometry import checked_geometry, floats, fmt_size
 from models.io.readers.header import ImageHeader
 from models.io.readers.source import ITK_IO, NIFTI, Source

@@ -13,8 +13,8 @@ import math
 import re
 from pathlib import Path
 
-from models.io.errors import EmptyImageError, UnreadableImageError
-from models.io.readers.datafile import check_size, data_file
+from models.io.errors import UnreadableImageError
+from models.io.readers.datafile import axis_sizes, check_size, data_file
 
 __all__ = ["check_nrrd"]
 
@@ -58,19 +58,7 @@ def _sizes(fields: dict[str, str], display: str) -> list[int]:
     for required in ("type", "dimension", "sizes", "encoding"):
         if required not in fields:
             raise UnreadableImageError(f"bad NRRD header: no {required!r} field", path=display)
-    try:
-        dimension = int(fields["dimension"])
-        sizes = [int(v) for v in fields["sizes"].split()]
-    except ValueError:
-        raise UnreadableImageError("bad NRRD header: 'dimension' or 'sizes' is not a list of integers",
-                                   path=display) from None
-    if len(sizes) != dimension:
-        raise UnreadableImageError(f"bad NRRD header: dimension is {dimension} but sizes has {len(sizes)} values",
-                                   path=display)
-    if any(s <= 0 for s in sizes):
-        raise EmptyImageError(f"has a zero-size axis (sizes: {' '.join(map(str, sizes))}): it holds no voxels",
-                              path=display, hint="export the image again; the file is empty")
-    return sizes
+    return axis_sizes(fields, "dimension", "sizes", "NRRD", display)
 
 
 def check_nrrd(path: Path, display: str) -> None:

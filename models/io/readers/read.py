@@ -68,12 +68,14 @@ def _values(array: np.ndarray, kind: str, display: str, allow_constant: bool) ->
 
 
 def read_image(path: str | Path, *, kind: str = SCALAR, series: str | None = None, frame: int | None = None,
-               max_voxels: int = DEFAULT_MAX_VOXELS, allow_constant: bool = False) -> Image:
+               frame_name: str | None = "frame", max_voxels: int = DEFAULT_MAX_VOXELS,
+               allow_constant: bool = False) -> Image:
     """Read a file, folder or zip (see :data:`SUPPORTED`) as a 2-D or 3-D :class:`Image`.
 
     ``kind="label"`` requires whole-number voxels (float masks cast to the smallest integer dtype);
     ``series`` picks a DICOM series (SeriesInstanceUID or a unique prefix) or a file in a folder/zip;
-    (ignored for a single non-DICOM file); ``frame`` picks a frame of a 4-D+ image; ``max_voxels`` limits
+    (ignored for a single non-DICOM file); ``frame`` picks a frame of a 4-D+ image (``frame_name`` is what the
+    messages call it; None: this input has no frame choice); ``max_voxels`` limits
     one frame's voxel count; ``allow_constant`` accepts a scalar image whose voxels all have one value.
     ``metadata`` records ``format``, ``dtype`` (the file's), ``size``/``dims`` (the file's), ``frame``,
     ``n_frames``, ``squeezed`` and, for DICOM, the series facts. Raises :class:`ImageError` subclasses.
@@ -84,7 +86,7 @@ def read_image(path: str | Path, *, kind: str = SCALAR, series: str | None = Non
     with tempfile.TemporaryDirectory(prefix="adacs-io-") as tmp:
         src = resolve(path, series, Path(tmp), str(path))
         header = _header(src)
-        frame_index = check_header(header, frame=frame, max_voxels=max_voxels)
+        frame_index = check_header(header, frame=frame, frame_name=frame_name, max_voxels=max_voxels)
         array, geometry = _pixels(src, header, frame_index)
     if array.ndim != geometry.ndim:  # defensive: a reader returned something unexpected
         raise UnreadableImageError(f"read a {array.ndim}-D array with {geometry.ndim}-D geometry", path=src.display)

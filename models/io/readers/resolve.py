@@ -15,9 +15,9 @@ from pathlib import Path
 from models.io.archive import extract_zip
 from models.io.errors import EmptyArchiveError, NotAnImageError, UnreadableImageError, UnsupportedFormatError
 from models.io.readers.choose import choose
-from models.io.readers.detect import detect_format
 from models.io.readers.dicom import check_dicom_pixels, dicom_dataset, dicom_file_source, has_pixels, sop_name
 from models.io.readers.dicom_series import series_source
+from models.io.readers.file_format import detect_format
 from models.io.readers.metaimage import check_metaimage
 from models.io.readers.nifti import nifti_source
 from models.io.readers.nrrd import check_nrrd

@@ -1,7 +1,7 @@
 """Training sets over HTTP: upload a zip in a layout the readers know, list them, delete them.
 
 ``POST /v1/datasets`` streams the zip to the dataset's folder in the store, unpacks it with the
-safe extractor (no traversal, links, bombs), finds its layout (``models.data.detect``) and reads
+safe extractor (no traversal, links, bombs), finds its layout (``models.data.layout``) and reads
 every pair once with the same loader a training job will use, so a dataset that cannot train is
 refused now, with a 4xx naming the file, instead of failing a job later. A refused upload leaves no
 row and no files. The zip itself is not kept (its sha256 is): the unpacked folder is what jobs read.
@@ -14,15 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.data.detect import LAYOUTS, dataset_spec, detect_layout
+from models.data.layout import LAYOUTS, dataset_spec, detect_layout
 from models.io.archive import extract_zip, is_zip
 from service.access import Principal, may_see, owned_by
 from service.api.deps import CurrentPrincipal, SessionDep, SettingsDep, StoreDep, TrainPrincipal
 from service.api.errors import ApiError
+from service.api.forms import refuse_unknown_form_fields
 from service.api.params import Limit, Offset, is_uuid, uuid_path
 from service.api.routes import API_V1, error_responses
 from service.api.schemas import DatasetPublic, DatasetsPublic
@@ -32,7 +33,8 @@ from service.db import Dataset, DatasetLayout, DatasetStatus, Job, JobKind, JobS
 __all__ = ["router"]
 
 _ERRORS = error_responses(415)
-router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"], responses=_ERRORS)
+router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"], responses=_ERRORS,
+                   dependencies=[Depends(refuse_unknown_form_fields)])
 DatasetId = Annotated[str, uuid_path("dataset")]
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # a label for people: no control characters (nor NUL, which PostgreSQL refuses)
 MAX_MEMBERS = 200_000  # ACDC's 150 patients are ~1000 files; CAMUS' 500 about 10000

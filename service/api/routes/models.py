@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
@@ -19,6 +19,7 @@ from sqlalchemy.orm import selectinload
 from service.access import models_visible_to
 from service.api.artifacts import unpacked_artifact, zip_stream
 from service.api.deps import AdminPrincipal, CurrentPrincipal, SessionDep, SettingsDep, StoreDep
+from service.api.forms import refuse_unknown_form_fields
 from service.api.params import INT32_MAX, Limit, Offset
 from service.api.routes import API_V1, error_responses
 from service.api.schemas import (
@@ -36,7 +37,8 @@ from service.registry import delete_version, demote, get_model, get_version, pro
 from service.registry.refs import check_name
 
 _ERRORS = error_responses()
-router = APIRouter(prefix=f"{API_V1}/models", tags=["models"], responses=_ERRORS)
+router = APIRouter(prefix=f"{API_V1}/models", tags=["models"], responses=_ERRORS,
+                   dependencies=[Depends(refuse_unknown_form_fields)])
 
 # Names and stages are checked by the registry (service.registry.refs), whose 422 says what a valid one is.
 ModelName = Annotated[str, Path(max_length=128, description="the model's name", examples=["cardiac"])]

@@ -16,34 +16,39 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.io.errors import DimensionMismatchError, ImageError
 from models.io.readers import check_header, read_header, read_registration_inputs
+from models.io.readers.inputs import FRAME_ROLES
+from models.report import parse_label_names
 from service.access import Principal, may_see, owned_by
 from service.api.deps import CurrentPrincipal, RegisterPrincipal, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError
+from service.api.forms import refuse_unknown_form_fields
 from service.api.params import Limit, Offset, is_uuid, uuid_path
 from service.api.routes import API_V1, error_responses
 from service.api.schemas import ErrorPublic, OutputPublic, RegistrationPublic, RegistrationsPublic
 from service.api.staging import all_or_nothing, save_upload
 from service.core.config import Settings
 from service.db import Job, JobKind, JobStatus, new_id
+from service.jobs.registration import OutputFile, RegistrationParams, RegistrationResult
+from service.jobs.tasks import TaskSender
 from service.registry import resolve
 from service.retention import remove_job_files
 from service.storage import ArtifactStore
 from service.storage.atomic import CHUNK
-from service.tasks import TaskSender
 
 __all__ = ["router", "DOWNLOADS"]
 
 _ERRORS = error_responses(410, 415)
-router = APIRouter(prefix=f"{API_V1}/registrations", tags=["registrations"], responses=_ERRORS)
+router = APIRouter(prefix=f"{API_V1}/registrations", tags=["registrations"], responses=_ERRORS,
+                   dependencies=[Depends(refuse_unknown_form_fields)])
 
 JobId = Annotated[str, uuid_path("registration")]
 IMAGE_ROLES = ("fixed", "moving")
@@ -51,6 +56,8 @@ MASK_ROLES = ("moving_mask", "fixed_mask")
 # URL segment -> (output role in job.result, media type, file name), as the worker names them.
 DOWNLOADS = {
     "displacement": ("displacement", "application/gzip", "displacement.nii.gz"),
+    "inverse-displacement": ("inverse_displacement", "application/gzip", "inverse_displacement.nii.gz"),
+    "jacobian": ("jacobian", "application/gzip", "jacobian.nii.gz"),
     "warped-image": ("warped", "application/gzip", "warped.nii.gz"),
     "warped-mask": ("warped_mask", "application/gzip", "warped_mask.nii.gz"),
     "report": ("report", "application/json", "report.json"),
@@ -63,6 +70,7 @@ SERIES_PATTERN = r"^[0-9.]*$"  # a DICOM UID (digits and dots), or its prefix
 MAX_FRAME = 100_000
 MAX_REFINE_STEPS = 2000  # test-time refinement: a bound on a job's cost (about 0.004 s a step per 2D slice on CPU)
 MAX_REFINE_TIME_S = 300.0
+MAX_LABELS_FIELD = 20_000  # bytes of the labels JSON: 255 names of 64 characters, quoted
 POLL_S = 0.1
 
 
@@ -107,7 +115,8 @@ def _check_headers(inputs: dict[str, Path], series: dict[str, str | None], frame
     dims: dict[str, int | None] = {}
     for role, path in inputs.items():
         header = read_header(path, series=series.get(role))
-        check_header(header, frame=frames.get(role), max_voxels=settings.max_voxels)
+        check_header(header, frame=frames.get(role), frame_name=f"{role}_frame" if role in FRAME_ROLES else None,
+                     max_voxels=settings.max_voxels)
         dims[role] = header.image_ndim
     if dims["fixed"] != dims["moving"]:
         raise DimensionMismatchError(f"the fixed image is {dims['fixed']}-D but the moving image is "
@@ -133,6 +142,16 @@ def _check_inputs(inputs: dict[str, Path], series: dict[str, str | None], frames
         raise _named(error, inputs) from error
 
 
+def _label_names(labels: str | None) -> dict[str, str] | None:
+    """The ``labels`` form field, checked now (a 422 naming it), so a bad one never becomes a job."""
+    if not labels:
+        return None
+    try:
+        return parse_label_names(labels)
+    except ValueError as error:
+        raise ApiError(422, f"labels: {error}", "invalid_labels") from None
+
+
 def _load(session: Session, job_id: str, principal: Principal) -> Job:
     job = session.get(Job, job_id) if is_uuid(job_id) else None
     if job is None or job.kind != JobKind.REGISTRATION or not may_see(principal, job.owner_key_id):
@@ -141,21 +160,21 @@ def _load(session: Session, job_id: str, principal: Principal) -> Job:
 
 
 def _public(job: Job, request: Request) -> RegistrationPublic:
-    result = job.result or {}
+    params, result = RegistrationParams.parse(job.params), RegistrationResult.read(job.result)
     base = f"{API_V1}/registrations/{job.id}"
     outputs = {}
     if job.status == JobStatus.SUCCEEDED:
-        for role, entry in (result.get("outputs") or {}).items():
+        for role, entry in result.outputs.items():
             if role in _ROLE_SEGMENT:
-                outputs[role] = OutputPublic(file=entry["file"], url=f"{base}/{_ROLE_SEGMENT[role]}",
-                                             sha256=entry["sha256"], size_bytes=entry["size_bytes"])
-    model_info = result.get("model") or {}
+                outputs[role] = OutputPublic(file=entry.file, url=f"{base}/{_ROLE_SEGMENT[role]}",
+                                             sha256=entry.sha256, size_bytes=entry.size_bytes)
     return RegistrationPublic(
-        id=job.id, status=job.status.value, model=job.params.get("model", ""), model_version=model_info.get("ref"),
-        inputs=sorted((job.params.get("inputs") or {}), key=lambda r: (IMAGE_ROLES + MASK_ROLES).index(r)),
+        id=job.id, status=job.status.value, model=params.model or "",
+        model_version=result.model.ref if result.model else None,
+        inputs=sorted(params.inputs, key=(IMAGE_ROLES + MASK_ROLES).index),
         progress=job.progress or {}, error=job.error, attempts=job.attempts, created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at, timings_s=result.get("timings_s"),
-        report=result.get("report"), expired_at=job.expired_at, url=base, outputs=outputs)
+        started_at=job.started_at, finished_at=job.finished_at, timings_s=result.timings_s,
+        report=result.report, expired_at=job.expired_at, url=base, outputs=outputs)
 
 
 def _wait(session: Session, job: Job, seconds: float) -> None:
@@ -194,9 +213,13 @@ def create_registration(
         "card's, else 0; the report's `refine` records what was done"))] = None,
     refine_time_limit_s: Annotated[float | None, Form(gt=0, le=MAX_REFINE_TIME_S, allow_inf_nan=False, description=(
         "stop refining after this many seconds; default: the model card's, else 30"))] = None,
+    labels: Annotated[str | None, Form(max_length=MAX_LABELS_FIELD, description=(
+        'names of the mask\'s labels in the report, a JSON object: {"1": "RV", "2": "myocardium", "3": "LV"}; '
+        "default: the model card's, else 'label k'"))] = None,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the result "
                                                                   "(small 2-D jobs)")] = 0,
 ) -> RegistrationPublic:
+    label_names = _label_names(labels)
     ref = model or settings.default_model
     resolve(session, ref, viewer=principal)  # an unknown (or another key's) model is a 404 now, not a failed job
     uploads = {"fixed": fixed, "moving": moving, "moving_mask": moving_mask, "fixed_mask": fixed_mask}
@@ -211,15 +234,13 @@ def create_registration(
             inputs[role] = folder / "inputs" / f"{role}{extension(upload.filename)}"
             save_upload(upload, inputs[role], settings.max_upload_bytes)
         _check_inputs(inputs, series, frames, settings)
-        job = Job(id=job_id, kind=JobKind.REGISTRATION, status=JobStatus.QUEUED,
-                  owner_key_id=principal.key_id,
-                  params={"model": ref, "inputs": {r: f"inputs/{p.name}" for r, p in inputs.items()},
-                          "fixed_series": series["fixed"], "moving_series": series["moving"],
-                          "fixed_frame": frames["fixed"], "moving_frame": frames["moving"],
-                          # Only the refinement fields given: for those left out the model card decides.
-                          **{key: value for key, value in (("refine_steps", refine_steps),
-                                                           ("refine_time_limit_s", refine_time_limit_s))
-                             if value is not None}})
+        params = RegistrationParams(model=ref, inputs={r: f"inputs/{p.name}" for r, p in inputs.items()},
+                                    fixed_series=series["fixed"], moving_series=series["moving"],
+                                    fixed_frame=frames["fixed"], moving_frame=frames["moving"],
+                                    refine_steps=refine_steps, refine_time_limit_s=refine_time_limit_s,
+                                    label_names=label_names)
+        job = Job(id=job_id, kind=JobKind.REGISTRATION, status=JobStatus.QUEUED, owner_key_id=principal.key_id,
+                  params=params.to_row())
         session.add(job)
         session.commit()
     _send(session, store, request.state.tasks, job)
@@ -234,7 +255,7 @@ def create_registration(
 def _send(session: Session, store: ArtifactStore, tasks: TaskSender, job: Job) -> None:
     """Send the task; if the broker refuses, take the job back (row and files) and answer 503."""
     try:
-        tasks.send_registration(job.id)
+        tasks.send(JobKind.REGISTRATION, job.id)
     except Exception as error:
         session.delete(job)
         session.commit()
@@ -277,7 +298,7 @@ def _chunks(store: ArtifactStore, sha: str) -> Iterator[bytes]:
             yield chunk
 
 
-def _output(session: Session, job_id: str, segment: str, principal: Principal) -> dict[str, Any]:
+def _output(session: Session, job_id: str, segment: str, principal: Principal) -> OutputFile:
     role, _, file = DOWNLOADS[segment]
     job = _load(session, job_id, principal)
     if job.expired_at is not None:
@@ -289,7 +310,7 @@ def _output(session: Session, job_id: str, segment: str, principal: Principal) -
     if job.status != JobStatus.SUCCEEDED:
         raise ApiError(404, f"registration {job_id} {job.status.value} ({job.error or 'no error recorded'}), so it "
                             f"has no {file}", "no_output")
-    entry = ((job.result or {}).get("outputs") or {}).get(role)
+    entry = RegistrationResult.read(job.result).outputs.get(role)
     if entry is None:
         why = " (no moving_mask was uploaded)" if role == "warped_mask" else ""
         raise ApiError(404, f"registration {job_id} has no {file}{why}", "no_output")
@@ -307,10 +328,10 @@ def _download_route(segment: str):
     def download(job_id: JobId, session: SessionDep, store: StoreDep,
                  principal: CurrentPrincipal) -> StreamingResponse:
         entry = _output(session, job_id, segment, principal)
-        stream = _chunks(store, entry["sha256"])
+        stream = _chunks(store, entry.sha256)
         next_chunk = next(stream, b"")  # opens the object now: a missing one is an error answer, not a cut stream
-        headers = {"Content-Disposition": f'attachment; filename="{file}"', "ETag": f'"{entry["sha256"]}"',
-                   "Content-Length": str(entry["size_bytes"])}
+        headers = {"Content-Disposition": f'attachment; filename="{file}"', "ETag": f'"{entry.sha256}"',
+                   "Content-Length": str(entry.size_bytes)}
 
         def body() -> Iterator[bytes]:
             if next_chunk:

@@ -46,6 +46,7 @@ from service.api.schemas import ErrorPublic, TrainingJobCreate, TrainingJobPubli
 from service.catalog import ARCHITECTURE_NAMES, METHOD_NAMES
 from service.core.config import Settings
 from service.db import Dataset, DatasetStatus, Job, JobKind, JobStatus, Model, new_id, session_scope, utcnow
+from service.jobs.training import TrainingParams, TrainingResult
 from service.registry import InvalidReference, check_may_add_version
 from service.registry.refs import check_name
 
@@ -81,19 +82,17 @@ def _load(session: Session, job_id: str, principal: Principal) -> Job:
 
 
 def _public(job: Job) -> TrainingJobPublic:
-    params, result = job.params or {}, job.result or {}
+    params, result = TrainingParams.parse(job.params), TrainingResult.read(job.result)
     base = f"{API_V1}/training-jobs/{job.id}"
     return TrainingJobPublic(
-        id=job.id, status=job.status.value, dataset_id=params.get("dataset_id", ""),
-        model_name=params.get("model_name", ""), architecture=params.get("architecture", ""),
-        architecture_options=params.get("architecture_options") or {},
-        method=params.get("method", ""), hyperparameters=params.get("hyperparameters", {}),
-        val_fraction=params.get("val_fraction", 0.0), progress=job.progress or {}, error=job.error,
-        attempts=job.attempts, cancel_requested=job.cancel_requested, created_at=job.created_at,
+        id=job.id, status=job.status.value, dataset_id=params.dataset_id, model_name=params.model_name,
+        architecture=params.architecture, architecture_options=params.architecture_options, method=params.method,
+        hyperparameters=params.hyperparameters, val_fraction=params.val_fraction, progress=job.progress or {},
+        error=job.error, attempts=job.attempts, cancel_requested=job.cancel_requested, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at,
-        model_version=(result.get("model") or {}).get("ref"), result=result or None, expired_at=job.expired_at,
-        url=base,
-        events_url=f"{base}/events")
+        model_version=result.model.ref if result.model else None,
+        result=job.result or None,  # as recorded: a failed job's {"error": ...} too
+        expired_at=job.expired_at, url=base, events_url=f"{base}/events")
 
 
 def _check_budget(body: TrainingJobCreate, session: Session, settings: Settings, principal: Principal) -> None:
@@ -166,15 +165,15 @@ def create_training_job(body: TrainingJobCreate, request: Request, response: Res
                         settings: SettingsDep, principal: TrainPrincipal) -> TrainingJobPublic:
     _check(body, session, principal)
     _check_budget(body, session, settings, principal)
+    params = TrainingParams(dataset_id=body.dataset_id, model_name=body.model_name, architecture=body.architecture,
+                            architecture_options=body.architecture_options, method=body.method,
+                            hyperparameters=body.hyperparameters.model_dump(), val_fraction=body.val_fraction)
     job = Job(id=new_id(), kind=JobKind.TRAINING, status=JobStatus.QUEUED, owner_key_id=principal.key_id,
-              params={"dataset_id": body.dataset_id, "model_name": body.model_name,
-                      "architecture": body.architecture, "architecture_options": body.architecture_options,
-                      "method": body.method,
-                      "hyperparameters": body.hyperparameters.model_dump(), "val_fraction": body.val_fraction})
+              params=params.to_row())
     session.add(job)
     session.commit()
     try:
-        request.state.tasks.send_training(job.id)
+        request.state.tasks.send(JobKind.TRAINING, job.id)
     except Exception as error:
         session.delete(job)
         session.commit()

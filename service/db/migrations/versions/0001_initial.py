@@ -29,10 +29,32 @@ def _choice(table: str, column: str, enum_name: str, values: tuple[str, ...]) ->
     return sa.CheckConstraint(f"{column} IN ({listed})", name=f"ck_{table}_{enum_name}")
 
 
+def _uuid_id() -> sa.Column:
+    """The id of a row the API names: a UUID as text, the same on SQLite and PostgreSQL."""
+    return sa.Column("id", sa.String(36), nullable=False)
+
+
+def _owner_key(table: str) -> tuple[sa.Column, sa.ForeignKeyConstraint]:
+    """The API key that created the row; the row outlives the key (SET NULL), as the models say."""
+    return (sa.Column("owner_key_id", sa.String(36), nullable=True),
+            sa.ForeignKeyConstraint(["owner_key_id"], ["api_keys.id"], name=f"fk_{table}_owner_key_id_api_keys",
+                                    ondelete="SET NULL"))
+
+
 def upgrade() -> None:
+    # In dependency order: a table is created after every table its foreign keys point at.
+    _create_api_keys()
+    _create_jobs()
+    _create_datasets()
+    _create_models()
+    _create_model_versions()
+    _create_stage_assignments()
+
+
+def _create_api_keys() -> None:
     op.create_table(
         "api_keys",
-        sa.Column("id", sa.String(36), nullable=False),
+        _uuid_id(),
         sa.Column("name", sa.String(128), nullable=False),
         sa.Column("key_hash", sa.String(64), nullable=False),
         sa.Column("scopes", sa.JSON(), nullable=False),
@@ -41,9 +63,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
     )
+
+
+def _create_jobs() -> None:
     op.create_table(
         "jobs",
-        sa.Column("id", sa.String(36), nullable=False),
+        _uuid_id(),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
@@ -53,14 +78,12 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("cancel_requested", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("worker", sa.String(255), nullable=True),
-        sa.Column("owner_key_id", sa.String(36), nullable=True),
+        *_owner_key("jobs"),
         _ts("created_at", nullable=False),
         _ts("started_at"),
         _ts("finished_at"),
         _ts("heartbeat_at"),
         sa.PrimaryKeyConstraint("id", name="pk_jobs"),
-        sa.ForeignKeyConstraint(["owner_key_id"], ["api_keys.id"], name="fk_jobs_owner_key_id_api_keys",
-                                ondelete="SET NULL"),
         _choice("jobs", "kind", "job_kind", ("registration", "training")),
         _choice("jobs", "status", "job_status", ("queued", "running", "succeeded", "failed", "cancelled")),
     )
@@ -69,9 +92,11 @@ def upgrade() -> None:
     # The reaper's query: running jobs whose heartbeat is older than a cut-off.
     op.create_index("ix_jobs_status_heartbeat_at", "jobs", ["status", "heartbeat_at"])
 
+
+def _create_datasets() -> None:
     op.create_table(
         "datasets",
-        sa.Column("id", sa.String(36), nullable=False),
+        _uuid_id(),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("layout", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
@@ -80,16 +105,16 @@ def upgrade() -> None:
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("n_pairs", sa.Integer(), nullable=True),
         sa.Column("storage_key", sa.String(255), nullable=False),
-        sa.Column("owner_key_id", sa.String(36), nullable=True),
+        *_owner_key("datasets"),
         _ts("created_at", nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_datasets"),
-        sa.ForeignKeyConstraint(["owner_key_id"], ["api_keys.id"], name="fk_datasets_owner_key_id_api_keys",
-                                ondelete="SET NULL"),
         _choice("datasets", "layout", "dataset_layout", ("acdc", "camus", "manifest")),
         _choice("datasets", "status", "dataset_status", ("pending", "ready", "failed")),
     )
     op.create_index("ix_datasets_sha256", "datasets", ["sha256"])
 
+
+def _create_models() -> None:
     op.create_table(
         "models",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -98,6 +123,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_models"),
         sa.UniqueConstraint("name", name="uq_models_name"),
     )
+
+
+def _create_model_versions() -> None:
     op.create_table(
         "model_versions",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -117,6 +145,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_model_versions_sha256", "model_versions", ["sha256"])
 
+
+def _create_stage_assignments() -> None:
     op.create_table(
         "stage_assignments",
         sa.Column("id", sa.Integer(), nullable=False),
