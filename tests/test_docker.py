@@ -561,7 +561,10 @@ def test_ci_runs_the_smoke_test_after_the_suite():
     text = _read(ROOT / ".ci" / "run")
     suite, smoke = text.find("bash .ci/test"), text.find("bash docker/smoke-test.sh")
     assert 0 <= suite < smoke, ".ci/run must run docker/smoke-test.sh after the test suite"
-    assert "../shared/tools/docker-offline/prepare.sh" in text, "CI here has no registry: prepare.sh first"
+    # CI here has no registry: docker-offline's prepare.sh (beside the clone, or at /work/shared) comes first.
+    prepare = text.find('"$shared/tools/docker-offline/prepare.sh" -f docker-compose.yml')
+    assert "for shared in ../shared /work/shared" in text and 0 <= suite < prepare < smoke, \
+        ".ci/run must run docker-offline's prepare.sh before the smoke test"
     script = _read(SMOKE_TEST)
     assert "down -v" in script and "trap " in script, "the smoke test must remove its stack and volumes"
     assert "--scale worker-cpu=2" in script, "two CPU workers, to show jobs spread over them"

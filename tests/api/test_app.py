@@ -29,6 +29,8 @@ OPERATIONS = {
     ("GET", "/v1/registrations/{job_id}"): "registrations-read_registration",
     ("DELETE", "/v1/registrations/{job_id}"): "registrations-delete_registration",
     ("GET", "/v1/registrations/{job_id}/displacement"): "registrations-download_displacement",
+    ("GET", "/v1/registrations/{job_id}/inverse-displacement"): "registrations-download_inverse_displacement",
+    ("GET", "/v1/registrations/{job_id}/jacobian"): "registrations-download_jacobian",
     ("GET", "/v1/registrations/{job_id}/warped-image"): "registrations-download_warped_image",
     ("GET", "/v1/registrations/{job_id}/warped-mask"): "registrations-download_warped_mask",
     ("GET", "/v1/registrations/{job_id}/report"): "registrations-download_report",

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -148,22 +147,6 @@ def test_the_model_is_loaded_once_for_two_jobs(settings, register_model, create_
     assert [load_job(settings, j).status for j in jobs] == [JobStatus.SUCCEEDED] * 2
     info = MODEL_CACHE.info()
     assert (info.loads, info.hits, info.size) == (1, 1, 1)
-
-
-@pytest.mark.parametrize("with_masks", [True, False])
-def test_the_preview_of_a_volume_shows_its_middle_slice(tmp_path, with_masks):
-    from models.io.image import LABEL, Geometry, Image
-    from worker.preview import write_preview
-
-    volume = np.zeros((5, 16, 16), np.float32)
-    volume[2, 4:12, 4:12] = 1.0  # only the middle slice has a square
-    image = Image(volume, Geometry.identity(3, (1.0, 1.0, 2.5)))
-    mask = Image((volume > 0).astype(np.uint8), image.geometry, LABEL) if with_masks else None
-    path = write_preview(tmp_path / "preview.png", image, image, mask, mask)
-    import matplotlib.image
-
-    pixels = matplotlib.image.imread(path)
-    assert pixels.shape[:2] == (400, 800) and pixels[..., :3].std() > 0.1  # the square, not a blank slice
 
 
 def test_refine_params_reach_register_images_and_the_report_carries_the_record(settings, register_model, create_job,

@@ -122,8 +122,7 @@ def write_outputs(store: ArtifactStore, job_dir: Path, staging: Path, done: Regi
 
     ``before_publish`` may raise to keep ``outputs/`` as it is (the job was cancelled or overtaken).
     """
-    fixed, fixed_mask, result = done.images["fixed"], done.images["fixed_mask"], done.result
-    preview = write_preview(staging / PREVIEW, fixed, result.warped, result.warped_mask, fixed_mask)
+    preview = write_preview(staging / PREVIEW, done)
     outputs = _store_outputs(store, done.paths | {"preview": preview})
     before_publish()
     _publish(staging, job_dir / "outputs")
