@@ -69,8 +69,17 @@ def label_section(warped_mask: Image, moving_mask: np.ndarray, fixed_mask: np.nd
             entry["before"] = _scores(moving_mask, fixed_mask, label, spacing_zyx)
             if ndim == 3:
                 entry["per_slice_dice"] = [_slice_dice(warped[z], fixed_mask[z], label) for z in range(warped.shape[0])]
+                entry["per_slice"] = [_slice_scores(warped[z], fixed_mask[z], label, spacing_zyx[1:])
+                                      for z in range(warped.shape[0])]
         section[str(label)] = entry
     return section
+
+
+def _slice_scores(pred: np.ndarray, target: np.ndarray, label: int, spacing_yx: tuple[float, ...]) -> dict | None:
+    """A slice's Dice, HD95 and ASD (in-plane mm), or None where the label is in neither mask."""
+    if not (np.any(pred == label) or np.any(target == label)):
+        return None
+    return _scores(pred, target, label, spacing_yx)
 
 
 def _slice_dice(pred: np.ndarray, target: np.ndarray, label: int) -> float | None:

@@ -35,8 +35,19 @@ def test_volumes_and_scores_per_label_and_slice():
     assert entry["warped"]["volume_ml"] == pytest.approx(32 * voxel_ml)
     assert entry["before"]["dice"] == 50.0 and entry["after"]["dice"] == pytest.approx(80.0)
     assert entry["per_slice_dice"] == [100.0, 100.0, 0.0]
+    first, _, lost = entry["per_slice"]
+    assert first == {"dice": 100.0, "hd95_mm": 0.0, "asd_mm": 0.0}
+    assert lost == {"dice": 0.0, "hd95_mm": None, "asd_mm": None}  # no warped label on that slice: no distance
     assert entry["before"]["hd95_mm"] == pytest.approx(4.0)  # two columns of 2 mm
     assert entry["after"]["asd_mm"] is not None
+
+
+def test_a_slice_without_the_label_in_either_mask_has_no_scores():
+    fixed = np.zeros((2, 8, 8), np.uint8)
+    fixed[0, 2:5, 2:5] = 1
+    entry = label_section(Image(fixed, Geometry.identity(3, (1.0, 1.0, 5.0)), LABEL), fixed, fixed, {1: "a"})["1"]
+    assert entry["per_slice"][1] is None and entry["per_slice_dice"] == [100.0, None]
+    assert entry["per_slice"][0]["hd95_mm"] == 0.0
 
 
 def test_two_d_labels_have_areas_and_a_missing_fixed_mask_leaves_out_the_scores():
