@@ -20,7 +20,7 @@ import numpy as np
 from models.io.image import Image
 from models.metrics import mask_metrics
 
-__all__ = ["grid_section", "label_names", "label_section", "parse_label_names", "AXIS_ORDER"]
+__all__ = ["grid_section", "label_names", "label_section", "parse_label_names", "slice_dice", "AXIS_ORDER"]
 
 AXIS_ORDER = "ITK/NIfTI order (x, y[, z]); NumPy arrays read from the files are (z, y, x)"
 
@@ -68,7 +68,8 @@ def label_section(warped_mask: Image, moving_mask: np.ndarray, fixed_mask: np.nd
             entry["after"] = _scores(warped, fixed_mask, label, spacing_zyx)
             entry["before"] = _scores(moving_mask, fixed_mask, label, spacing_zyx)
             if ndim == 3:
-                entry["per_slice_dice"] = [_slice_dice(warped[z], fixed_mask[z], label) for z in range(warped.shape[0])]
+                entry["per_slice_dice"] = [_rounded(slice_dice(warped[z], fixed_mask[z], label))
+                                          for z in range(warped.shape[0])]
                 entry["per_slice"] = [_slice_scores(warped[z], fixed_mask[z], label, spacing_zyx[1:])
                                       for z in range(warped.shape[0])]
         section[str(label)] = entry
@@ -82,11 +83,15 @@ def _slice_scores(pred: np.ndarray, target: np.ndarray, label: int, spacing_yx: 
     return _scores(pred, target, label, spacing_yx)
 
 
-def _slice_dice(pred: np.ndarray, target: np.ndarray, label: int) -> float | None:
-    """A slice's Dice, or None where the label is in neither (nothing to score)."""
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def slice_dice(pred: np.ndarray, target: np.ndarray, label: int) -> float | None:
+    """A slice's Dice (%), or None where the label is in neither (nothing to score); the preview shows it too."""
     a, b = pred == label, target == label
     total = np.count_nonzero(a) + np.count_nonzero(b)
-    return round(float(200.0 * np.count_nonzero(a & b) / total), 3) if total else None
+    return float(200.0 * np.count_nonzero(a & b) / total) if total else None
 
 
 MAX_LABEL_NAMES = 255

@@ -42,7 +42,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import Affine2D
 from PIL import Image as PILImage
 
-from worker.preview_data import PreviewData, choose_slices, crop_box, drawing_order, gather, slice_dice
+from models.report import slice_dice
+from worker.preview_data import PreviewData, choose_slices, crop_box, drawing_order, gather
 
 if TYPE_CHECKING:  # models.register imports torch
     from models.register import RegisteredFiles

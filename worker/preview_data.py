@@ -20,7 +20,7 @@ from models.resample import resample_to
 if TYPE_CHECKING:  # models.register imports torch
     from models.register import RegisteredFiles
 
-__all__ = ["MAX_SLICES", "PreviewData", "gather", "choose_slices", "crop_box", "drawing_order", "slice_dice"]
+__all__ = ["MAX_SLICES", "PreviewData", "gather", "choose_slices", "crop_box", "drawing_order"]
 
 #: At most this many slices (rows of the montage) are drawn; a longer stack shows an evenly spaced subset.
 MAX_SLICES = 10
@@ -143,10 +143,3 @@ def drawing_order(masks: list[np.ndarray], labels: list[int], slices: list[int],
         return int(np.count_nonzero(binary_fill_holes(region)))
 
     return sorted(labels, key=lambda label: (-enclosed(label), label))
-
-
-def slice_dice(a: np.ndarray, b: np.ndarray, label: int) -> float | None:
-    """Dice (%) of ``label`` between two slices, None where neither has it (as ``models.report`` scores slices)."""
-    x, y = a == label, b == label
-    total = np.count_nonzero(x) + np.count_nonzero(y)
-    return float(200.0 * np.count_nonzero(x & y) / total) if total else None
