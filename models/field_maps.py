@@ -9,9 +9,15 @@ brought to index units, ``u_index = S⁻¹ Dᵀ u_mm``; since ``∂u_mm/∂p = D
 ``det(I + ∂u_mm/∂p) = det(I + ∂u_index/∂i)`` exactly, and the latter is differentiated on the grid.
 
 The inverse ``v`` lives on the moving image's grid (a point ``q`` of the moving image maps to
-``q + v(q)`` in the fixed image) and solves ``v(q) = −u(q + v(q))`` by fixed-point iteration, which
-converges where the map is smooth and invertible (``‖∂u/∂p‖ < 1``); the composition's residual is
-measured, not assumed, over the fixed voxels that the forward map sends inside the moving grid.
+``q + v(q)`` in the fixed image) and solves ``v(q) = −u(q + v(q))``. It starts from the best guess
+there is: for a diffeomorphic estimator the exponential of the negated velocity (``exp(−v)``, which
+the registration passes in as a field on the fixed grid), else ``−u``. It is then polished by a
+safeguarded fixed-point iteration ``v ← v − r`` with ``r(q) = v(q) + u(q + v(q))``: a voxel takes
+the full step, else half of it, only if its residual ``|r|`` shrinks. Plain fixed-point iteration
+only converges where ``‖∂u/∂p‖ < 1``; on a real cardiac pair (ACDC patient002, a basal slice
+expanding sevenfold) it left a 16.8 mm round-trip error that the velocity's inverse does not have.
+The composition's residual is measured, not assumed, over the fixed voxels that the forward map
+sends inside the moving grid.
 Imports no torch.
 """
 
@@ -92,29 +98,62 @@ class InverseField:
     field: sitk.Image
     residual_mean_mm: float
     residual_max_mm: float
+    residual_p99_mm: float
     iterations: int
+    start: str
 
-    def report(self) -> dict[str, float | int]:
-        return {"residual_mean_mm": round(self.residual_mean_mm, 5), "residual_max_mm": round(self.residual_max_mm, 5),
-                "iterations": self.iterations}
+    def report(self) -> dict[str, float | int | str]:
+        return {"residual_mean_mm": round(self.residual_mean_mm, 5), "residual_p99_mm": round(self.residual_p99_mm, 5),
+                "residual_max_mm": round(self.residual_max_mm, 5), "iterations": self.iterations, "start": self.start}
 
 
-def invert_field(field: sitk.Image, moving_reference: sitk.Image) -> InverseField:
-    """``v`` on ``moving_reference``'s grid with ``q ↦ q + v(q)`` the inverse of ``p ↦ p + u(p)``."""
+def _equation_residual(field: sitk.Image, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``r(q) = v(q) + u(q + v(q))``, zero for the exact inverse. ``u`` is extended by its edge values:
+    a point whose pre-image is just inside the fixed grid must not see the zero beyond it."""
+    return v + sample_field(field, q + v, "edge")
+
+
+def invert_field(field: sitk.Image, moving_reference: sitk.Image, start: sitk.Image | None = None) -> InverseField:
+    """``v`` on ``moving_reference``'s grid with ``q ↦ q + v(q)`` the inverse of ``p ↦ p + u(p)``.
+
+    ``start``: a first guess of the inverse as a field in the same convention on any grid (the
+    registration's ``exp(−v)`` on the fixed grid), sampled at the moving grid's points.
+    """
     q = _points(moving_reference)
-    # Iterated with u extended by its edge values: a point q whose pre-image is just inside the fixed
-    # grid must not see the zero beyond it while it searches.
-    v, iterations, change = -sample_field(field, q, "edge"), 1, np.inf
-    while iterations < INVERSE_ITERATIONS and change >= INVERSE_TOLERANCE_MM:
-        updated = -sample_field(field, q + v, "edge")
-        change, v, iterations = float(np.abs(updated - v).max()), updated, iterations + 1
+    v = sample_field(start, q, "edge") if start is not None else -sample_field(field, q, "edge")
+    iterations = _polish(field, q.reshape(-1, q.shape[-1]), v.reshape(-1, v.shape[-1]))
     inverse = sitk.GetImageFromArray(v, isVector=True)
     inverse.CopyInformation(moving_reference)
-    mean, largest = _round_trip(field, inverse, moving_reference)
-    return InverseField(inverse, mean, largest, iterations)
+    mean, p99, largest = _round_trip(field, inverse, moving_reference)
+    return InverseField(inverse, mean, largest, p99, iterations, "velocity" if start is not None else "displacement")
 
 
-def _round_trip(field: sitk.Image, inverse: sitk.Image, moving_reference: sitk.Image) -> tuple[float, float]:
+def _polish(field: sitk.Image, q: np.ndarray, v: np.ndarray) -> int:
+    """Safeguarded fixed-point steps on ``v`` ``(n, ndim)`` in place; returns the iterations run.
+
+    Only the voxels whose residual is still above tolerance and still shrinking are worked on
+    (most converge in two or three steps), which keeps a 10×256×232 stack to a fraction of a second.
+    """
+    r = _equation_residual(field, q, v)
+    size = np.linalg.norm(r, axis=-1)
+    active = np.flatnonzero(size >= INVERSE_TOLERANCE_MM)
+    iterations = 0
+    while active.size and iterations < INVERSE_ITERATIONS:
+        iterations += 1
+        improved = np.zeros(active.size, bool)
+        for fraction in (1.0, 0.5):
+            candidate = v[active] - fraction * r[active]
+            r_new = _equation_residual(field, q[active], candidate)
+            size_new = np.linalg.norm(r_new, axis=-1)
+            better = size_new < size[active]
+            chosen = active[better]
+            v[chosen], r[chosen], size[chosen] = candidate[better], r_new[better], size_new[better]
+            improved |= better
+        active = active[improved & (size[active] >= INVERSE_TOLERANCE_MM)]
+    return iterations
+
+
+def _round_trip(field: sitk.Image, inverse: sitk.Image, moving_reference: sitk.Image) -> tuple[float, float, float]:
     """``|ψ(φ(p)) − p|`` over the fixed grid's voxels that ``φ`` sends inside the moving grid."""
     p = _points(field)
     mapped = p + _vectors(field)
@@ -122,6 +161,6 @@ def _round_trip(field: sitk.Image, inverse: sitk.Image, moving_reference: sitk.I
     continuous = ((mapped - origin) @ direction) / spacing
     inside = np.all((continuous >= 0) & (continuous <= np.asarray(moving_reference.GetSize()) - 1), axis=-1)
     if not inside.any():
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     error = np.linalg.norm(mapped[inside] + sample_field(inverse, mapped[inside]) - p[inside], axis=-1)
-    return float(error.mean()), float(error.max())
+    return float(error.mean()), float(np.percentile(error, 99)), float(error.max())

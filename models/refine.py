@@ -168,10 +168,14 @@ def sample_smoothness(field: torch.Tensor, downsize: int) -> torch.Tensor:
 
 @dataclass
 class RefineResult:
-    """The refined displacement ``(B, ndim, *spatial)`` and the record that goes into reports."""
+    """The refined displacement ``(B, ndim, *spatial)``, the record that goes into reports, and the
+    inverse displacement when the field is a velocity's exponential (``exp(−v)``, exact up to the
+    integration's own error; ``None`` for a displacement-parametrised estimator, which has no
+    inverse of its own)."""
 
     disp: torch.Tensor
     record: dict[str, Any]
+    disp_inv: torch.Tensor | None = None
 
 
 @dataclass
@@ -182,6 +186,13 @@ class _Parametrisation:
     to_disp: Callable[[torch.Tensor], torch.Tensor]
     downsize: int
     name: str
+
+    def inverse(self, value: torch.Tensor) -> torch.Tensor | None:
+        """``exp(−v)`` for a velocity; a displacement has no inverse of its own."""
+        if self.name != "velocity":
+            return None
+        with torch.no_grad():
+            return self.to_disp(-value)
 
 
 def _parametrise(estimator: DisplacementEstimator, start: Deformation) -> _Parametrisation:
@@ -204,18 +215,20 @@ def _parametrise(estimator: DisplacementEstimator, start: Deformation) -> _Param
 class _Best:
     """Per-sample best-so-far: the lowest objective among fields no worse by the image term."""
 
-    def __init__(self, disp: torch.Tensor, image: torch.Tensor, objective: torch.Tensor) -> None:
+    def __init__(self, disp: torch.Tensor, value: torch.Tensor, image: torch.Tensor, objective: torch.Tensor) -> None:
         self.disp = disp.detach().clone()
+        self.value = value.detach().clone()  # the parameter that gave ``disp`` (velocity or displacement)
         self.image_before = image
         self.image = image.clone()
         self.objective = objective.clone()
         self.changed = torch.zeros_like(image, dtype=torch.bool)
 
-    def offer(self, disp: torch.Tensor, image: torch.Tensor, objective: torch.Tensor) -> None:
+    def offer(self, disp: torch.Tensor, value: torch.Tensor, image: torch.Tensor, objective: torch.Tensor) -> None:
         # NaN compares False: a diverged sample never replaces its best.
         better = (objective < self.objective) & (image <= self.image_before)
         if bool(better.any()):
             self.disp[better] = disp.detach()[better]
+            self.value[better] = value.detach()[better]
             self.image = torch.where(better, image, self.image)
             self.objective = torch.where(better, objective, self.objective)
             self.changed |= better
@@ -246,12 +259,13 @@ def _optimise(param: _Parametrisation, moving: torch.Tensor, fixed: torch.Tensor
         optimiser.zero_grad(set_to_none=True)
         disp, image, objective = _terms(param, value, moving, fixed, bg, config)
         if step > 0:  # the first iterate is the network's own field, already the best
-            best.offer(disp, image.detach(), objective.detach())
+            best.offer(disp, value, image.detach(), objective.detach())
         objective.sum().backward()
         optimiser.step()
     if steps_done:  # the iterate after the last update is a candidate too
         with torch.no_grad():
-            best.offer(*_terms(param, value, moving, fixed, bg, config))
+            disp, image, objective = _terms(param, value, moving, fixed, bg, config)
+            best.offer(disp, value, image, objective)
     return steps_done, stopped_by
 
 
@@ -271,7 +285,7 @@ def refine(estimator: DisplacementEstimator, moving: torch.Tensor, fixed: torch.
     with torch.no_grad():  # "never worse" is judged against the network's own field, exactly
         image0 = image_term(warp(moving, start.disp), fixed, bg, config)
         objective0 = image0 + config.lam * sample_smoothness(param.start, param.downsize)
-    best = _Best(start.disp, image0, objective0)
+    best = _Best(start.disp, param.start, image0, objective0)
     steps_done, stopped_by = _optimise(param, moving, fixed, bg, config, best, clock)
     improved = int(best.changed.sum())
     record = {"steps_requested": config.steps, "steps_done": steps_done, "time_limit_s": config.time_limit_s,
@@ -280,7 +294,9 @@ def refine(estimator: DisplacementEstimator, moving: torch.Tensor, fixed: torch.
               "improved": improved, "samples": int(moving.shape[0]), "similarity": config.similarity,
               "lr": config.lr, "lam": config.lam, "parametrisation": param.name}
     # A sample no step improved keeps the network's field bit for bit (a clone inside best.disp).
-    return RefineResult(best.disp if improved else start.disp, record)
+    if not improved:
+        return RefineResult(start.disp, record, start.disp_inv if param.name == "velocity" else None)
+    return RefineResult(best.disp, record, param.inverse(best.value))
 
 
 def estimate_and_refine(estimator: DisplacementEstimator, moving: torch.Tensor, fixed: torch.Tensor,

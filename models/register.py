@@ -81,8 +81,10 @@ Progress = Callable[[Iterable, int], Iterable]
 
 def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_mm: tuple[float, ...],
              center: tuple[float, ...] | None, batch_size: int, refine_with: RefineConfig,
-             progress: Progress | None = None) -> tuple[np.ndarray, dict]:
-    """Voxel displacement ``(fixed.ndim, *fixed.shape)`` on the native grid, and the refinement record.
+             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Voxel displacement ``(fixed.ndim, *fixed.shape)`` on the native grid, its inverse there when the
+    estimator integrates a velocity (``exp(−v)``: a point ``q`` maps to ``q + w(q)``; else None), and
+    the refinement record.
 
     Refinement sees every slice of a 2D stack at once (one time limit for the whole registration);
     with 0 steps it returns the network's field itself and only records its image term.
@@ -104,11 +106,13 @@ def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_
     m_model = norm(to_model_grid(planes_m, grid)).to(device)
     network = predict_deformation(model.estimator, m_model, f_model, batch_size, progress)
     refined = refine(model.estimator, m_model, f_model, network, refine_with)
-    disp = field_to_native(refined.disp.cpu(), grid, planes_f.shape[1:])  # (N, model.ndim, *plane)
+    fields = [field_to_native(d.cpu(), grid, planes_f.shape[1:])  # (N, model.ndim, *plane)
+              for d in (refined.disp, refined.disp_inv) if d is not None]
     if not slicewise:
-        return disp[0], refined.record
-    # Slice-wise: no displacement across slices (channel 0 = the slice axis); slices stacked back.
-    return np.concatenate([np.zeros_like(disp[:, :1]), disp], axis=1).transpose(1, 0, 2, 3), refined.record
+        fields = [f[0] for f in fields]
+    else:  # no displacement across slices (channel 0 = the slice axis); slices stacked back
+        fields = [np.concatenate([np.zeros_like(f[:, :1]), f], axis=1).transpose(1, 0, 2, 3) for f in fields]
+    return fields[0], fields[1] if len(fields) > 1 else None, refined.record
 
 
 def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask: Image | None = None,
@@ -134,13 +138,15 @@ def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask
     center = _center(mask_on_fixed.array if mask_on_fixed is not None else None, slicewise)
     refine_with = refine_config(model.card) if refine_with is None else refine_with
     t_predict = time.perf_counter()
-    disp, refine_record = _predict(model, fixed_arr, moving_arr, spacing, center, batch_size, refine_with, progress)
+    disp, disp_inv, refine_record = _predict(model, fixed_arr, moving_arr, spacing, center, batch_size, refine_with,
+                                             progress)
     predict_s = time.perf_counter() - t_predict
     field_mm = displacement_image(disp, fixed.to_sitk())
     warped = warp_physical(moving, field_mm, fixed)
     jacobian = jacobian_image(field_mm)
     regularity = jacobian_summary(sitk.GetArrayViewFromImage(jacobian))
-    inverse = invert_field(field_mm, moving.to_sitk())
+    inverse = invert_field(field_mm, moving.to_sitk(),
+                           displacement_image(disp_inv, fixed.to_sitk()) if disp_inv is not None else None)
     # predict_s is the forward pass and the refinement; refine["seconds"] is the latter alone.
     report: dict = {"predict_s": round(predict_s, 4), "grid": grid_section(fixed),
                     "folding_pct": regularity["folding_pct"], "jacobian": regularity, "inverse": inverse.report(),

@@ -231,3 +231,23 @@ def test_register_images_refines_a_2d_stack_in_one_batch():
     result = register_images(loaded(poor_estimator()), fixed, moving, refine_with=RefineConfig(steps=5))
     assert result.report["refine"]["samples"] == 3 and result.report["refine"]["steps_done"] == 5
     assert result.disp_vox.shape == (3, 3, 32, 32) and np.all(result.disp_vox[0] == 0)
+
+
+def test_the_refined_field_comes_with_the_inverse_of_its_own_velocity():
+    """The inverse output starts from exp(−v) of the field actually returned: after refinement, of the
+    refined velocity (composing the two is near the identity); a displacement-parametrised estimator
+    has no inverse of its own."""
+    from models.warp import warp
+
+    _, moving, fixed = phantom_batch()
+    estimator = poor_estimator()
+    result = refine(estimator, moving, fixed, predict_deformation(estimator, moving, fixed), RefineConfig(steps=20))
+    assert result.record["improved"] == 2 and result.disp_inv is not None
+    composed = result.disp_inv + warp(result.disp, result.disp_inv)  # q -> q + w(q) -> ... + u(q + w(q))
+    network = predict_deformation(estimator, moving, fixed).disp_inv
+    interior = (slice(None), slice(None), slice(6, -6), slice(6, -6))
+    stale = network + warp(result.disp, network)  # the network's own inverse no longer fits the refined field
+    assert composed[interior].abs().mean() < 0.1 < 0.5 < stale[interior].abs().mean()
+    plain = poor_estimator(int_steps=0)
+    start = predict_deformation(plain, moving, fixed)
+    assert refine(plain, moving, fixed, start, RefineConfig(steps=5)).disp_inv is None
