@@ -287,7 +287,7 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
                          "m_t": loop.m_t, "phase": phase, **val_metrics})
         write_json_atomic(out_dir / "history.json", {"config": cfg.to_dict(), "epochs": loop.history})
         if cfg.picture_every and (epoch + 1) % cfg.picture_every == 0:
-            _write_pictures(out_dir, epoch, loop.history, nets, val, data, cfg)
+            _write_pictures(out_dir, epoch, loop.history, nets, val, data, cfg, identity)
         report("epoch", phase, epoch, cfg.steps_per_epoch, loop, _epoch_means(step_logs), val_metrics,
                loop.warnings)
 
@@ -310,14 +310,15 @@ def _save_model(out_dir: Path, cfg: TrainConfig, estimator: DisplacementEstimato
 
 
 def _write_pictures(out_dir: Path, epoch: int, history: list[dict], nets: _Networks, val: tuple | None,
-                    data: _TrainingSet, cfg: TrainConfig) -> None:
+                    data: _TrainingSet, cfg: TrainConfig, identity: float | None) -> None:
     from models.pictures import plot_curves, plot_panel
 
     moving, fixed = (val[0], val[1]) if val is not None else (data.moving, data.fixed)
     pictures = out_dir / "pictures"
+    which = "validation set" if val is not None else "training set"
     plot_panel(pictures / f"panel_epoch{epoch + 1:04d}.png", nets.estimator, nets.scorer, moving[:4], fixed[:4],
-               title=f"epoch {epoch + 1} ({history[-1]['phase']})")
-    plot_curves(pictures / "curves.png", history, title=f"{cfg.method}: m_t and losses")
+               title=f"{cfg.method}, epoch {epoch + 1} ({history[-1]['phase']}), {which}")
+    plot_curves(pictures / "curves.png", history, title=cfg.method, identity_dice=identity)
 
 
 def _epoch_means(step_logs: list[dict]) -> dict[str, float]:
