@@ -4,7 +4,9 @@ File names are a contract (README, "Conventions"): ``displacement.nii.gz`` (the 
 convention, on the fixed grid), ``inverse_displacement.nii.gz`` (the same convention from the moving
 grid to the fixed image), ``jacobian.nii.gz`` (det of the map's Jacobian on the fixed grid),
 ``warped.nii.gz`` and, when a moving mask was given,
-``warped_mask.nii.gz``. ``models.register.register_files``, which both call, adds ``report.json``
+``warped_mask.nii.gz``, and then, if the fixed image came as DICOM, ``warped_mask_seg.dcm`` (the warped
+mask as a DICOM SEG referencing the fixed series, :mod:`models.io.dicom_seg`).
+``models.register.register_files``, which both call, adds ``report.json``
 beside them (and the service a ``preview.png``).
 Imports no torch: the files come from SimpleITK images the registration already made.
 """
@@ -12,18 +14,24 @@ Imports no torch: the files come from SimpleITK images the registration already 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from models.io.dicom_seg import write_dicom_seg
+from models.io.errors import DicomSegError
+from models.io.image import Image
+from models.io.readers.dicom_sources import dicom_source_datasets
+from models.io.readers.source import DICOM
 from models.io.writers import write_image
 
 if TYPE_CHECKING:  # only for the annotation: models.register imports torch
     from models.register import RegistrationResult
 
-__all__ = ["DISPLACEMENT", "INVERSE_DISPLACEMENT", "JACOBIAN", "WARPED", "WARPED_MASK", "REPORT", "DISPLACEMENT_UNITS",
-           "write_registration_outputs"]
+__all__ = ["DISPLACEMENT", "INVERSE_DISPLACEMENT", "JACOBIAN", "WARPED", "WARPED_MASK", "WARPED_MASK_SEG", "REPORT",
+           "DISPLACEMENT_UNITS", "write_registration_outputs", "write_warped_mask_seg"]
 
 DISPLACEMENT, WARPED, WARPED_MASK, REPORT = "displacement.nii.gz", "warped.nii.gz", "warped_mask.nii.gz", "report.json"
 INVERSE_DISPLACEMENT, JACOBIAN = "inverse_displacement.nii.gz", "jacobian.nii.gz"
+WARPED_MASK_SEG = "warped_mask_seg.dcm"
 DISPLACEMENT_UNITS = "mm, ITK LPS physical space, fixed point p -> p + u(p)"
 """What report.json says of the displacement file's values (README, "Conventions")."""
 
@@ -46,3 +54,26 @@ def write_registration_outputs(out_dir: str | Path, result: RegistrationResult) 
         paths[role] = out_dir / name
         write_image(image, paths[role])
     return paths
+
+
+def write_warped_mask_seg(out_dir: str | Path, result: RegistrationResult, fixed: Image, fixed_path: Path,
+                          fixed_series: str | None, model: str) -> tuple[Path | None, dict[str, Any] | None]:
+    """``warped_mask_seg.dcm`` when the fixed image came as DICOM and a moving mask was warped onto it.
+
+    The fixed input is resolved again (``fixed_path``, ``fixed_series``: as it was read) for the headers
+    the SEG references; segments are named as ``report.json`` names the labels. Returns the file (None
+    when none was written) and what the report says of it: None when no SEG was due (no mask, or a
+    fixed image that was not DICOM), else ``{"written": True}`` or ``{"written": False, "reason": ...}``
+    when the series cannot carry one (no patient geometry, slices of several studies...): the
+    registration's other outputs stand.
+    """
+    if result.warped_mask is None or fixed.metadata.get("format") != DICOM:
+        return None, None
+    names = {value: entry.get("name") for value, entry in result.report.get("labels", {}).items()}
+    try:
+        sources = dicom_source_datasets(fixed_path, fixed_series) or []
+        path = write_dicom_seg(result.warped_mask, sources, Path(out_dir) / WARPED_MASK_SEG, label_names=names,
+                               model=model)
+    except DicomSegError as error:
+        return None, {"written": False, "reason": error.problem}
+    return path, {"written": True}

@@ -41,7 +41,7 @@ from models.io.readers.inputs import read_registration_inputs
 from models.io.writers import displacement_image
 from models.metrics import dice
 from models.model_grid import field_to_native, plan_model_grid, to_model_grid
-from models.outputs import DISPLACEMENT_UNITS, REPORT, write_registration_outputs
+from models.outputs import DISPLACEMENT_UNITS, REPORT, write_registration_outputs, write_warped_mask_seg
 from models.refine import RefineConfig, refine, refine_config
 from models.report import grid_section, label_section
 from models.report import label_names as label_names_of
@@ -204,9 +204,10 @@ def register_files(load_model: Callable[[], LoadedModel], inputs: Mapping[str, P
     reference and sha256). The refinement flags left None take the model card's defaults.
     ``on_phase`` is told each of :data:`PHASES` as it starts (the worker's progress and timings);
     ``progress`` wraps the prediction batches (the CLI's bar); ``label_names`` name the labels in the
-    report. Nothing is written unless every input
-    reads and checks; raises ``ImageError`` (bad input) or ``ValueError`` (a model that cannot
-    register these images).
+    report. A DICOM fixed image with a moving mask adds ``warped_mask_seg`` (a DICOM SEG named by
+    ``model_fields["model"]``; ``models.outputs.write_warped_mask_seg``) and the report's ``dicom_seg``.
+    Nothing is written unless every input reads and checks; raises ``ImageError`` (bad input) or
+    ``ValueError`` (a model that cannot register these images).
     """
     start = time.perf_counter()
     on_phase("loading_model")
@@ -221,8 +222,11 @@ def register_files(load_model: Callable[[], LoadedModel], inputs: Mapping[str, P
     on_phase("writing_outputs")
     out_dir = Path(out_dir)
     paths = write_registration_outputs(out_dir, result)
+    seg, seg_report = write_warped_mask_seg(out_dir, result, images["fixed"], inputs["fixed"],
+                                            (series or {}).get("fixed"), str(model_fields.get("model", "unknown")))
+    paths |= {"warped_mask_seg": seg} if seg is not None else {}
     report = result.report | dict(model_fields) | {
         "model_load_s": round(load_s, 4), "wall_s": round(time.perf_counter() - start, 4),
-        "displacement_units": DISPLACEMENT_UNITS}
+        "displacement_units": DISPLACEMENT_UNITS} | ({"dicom_seg": seg_report} if seg_report is not None else {})
     write_json_atomic(out_dir / REPORT, report)
     return RegisteredFiles(result, images, paths | {"report": out_dir / REPORT}, report)

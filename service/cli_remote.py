@@ -27,8 +27,8 @@ from service.cli_args import LABELS_HELP, arch_option, label_names_arg, label_we
 __all__ = ["add_remote_commands", "REMOTE_COMMANDS"]
 
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 3, 4, 130
-OUTPUTS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask", "report",
-           "preview.png")  # service.client.DOWNLOADS
+OUTPUTS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask", "warped-mask-seg",
+           "report", "preview.png")  # service.client.DOWNLOADS
 
 
 # Training hyperparameters the CLI can set: (name in the request body, type). Unset ones are not sent,

@@ -40,8 +40,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 # URL segments of a registration's outputs. The server's table (service.api.routes.registrations.
 # DOWNLOADS) is not imported: it would pull the image readers into the client. A test keeps them equal.
-DOWNLOADS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask", "report",
-             "preview.png")
+DOWNLOADS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask",
+             "warped-mask-seg", "report", "preview.png")
 # The server checks an uploaded dataset or model before it answers; that may take minutes.
 UPLOAD_READ_TIMEOUT_S = 600.0
 _SHA256 = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')

@@ -34,7 +34,7 @@ __all__ = [
     "ValuesOutOfRangeError", "EmptyImageError", "MaskGeometryError", "NonIntegerMaskError", "DimensionMismatchError",
     "UnsupportedDimensionsError", "ImageTooLargeError", "MultipleSeriesError", "UnknownSeriesError",
     "InconsistentSeriesError", "HostileArchiveError", "ArchiveTooLargeError", "EmptyArchiveError",
-    "UnsafePathError", "VectorImageError",
+    "UnsafePathError", "VectorImageError", "DicomSegError",
 ]
 
 SUPPORTED_FORMATS = ("NIfTI (.nii, .nii.gz), DICOM (one file, or one series as a folder or .zip), "
@@ -240,3 +240,11 @@ class VectorImageError(ImageError):
     http_status = 422
     code = "vector_image"
     default_hint = "upload a single-channel (grey-value) image; split multi-channel data into one image per channel"
+
+
+class DicomSegError(ImageError):
+    """A DICOM SEG cannot reference the fixed series: no patient geometry, mixed studies, or a mask off its slices."""
+
+    http_status = 422
+    code = "dicom_seg"
+    default_hint = "the NIfTI warped mask is still written; a SEG needs the fixed image as one complete DICOM series"

@@ -137,7 +137,8 @@ class RegistrationPublic(BaseModel):
                                                           "(ADACS_JOB_RETENTION_DAYS after it finished)")
     url: str = Field(description="this job's URL")
     outputs: dict[str, OutputPublic] = Field(
-        default_factory=dict, description="by role: displacement, warped, warped_mask, report, preview")
+        default_factory=dict, description="by role: displacement, warped, warped_mask, warped_mask_seg, "
+                                             "report, preview, ...")
 
 
 class RegistrationsPublic(BaseModel):

@@ -102,7 +102,8 @@ class RegistrationResult(JobResult):
 
     model: ModelVersionRef | None = None
     outputs: dict[str, OutputFile] = Field(default_factory=dict)
-    """By role: ``displacement``, ``warped``, ``warped_mask`` (with a moving mask), ``report``, ``preview``."""
+    """By role: ``displacement``, ``warped``, ``warped_mask`` (with a moving mask), ``warped_mask_seg`` (a DICOM
+    SEG, with a moving mask and a DICOM fixed image), ``report``, ``preview`` and the others of ``models.outputs``."""
     report: dict[str, Any] | None = None
     """report.json: dice and dice_before (with a fixed mask), folding_pct, refine, timings, the model."""
     timings_s: dict[str, float] | None = None

@@ -33,6 +33,7 @@ OPERATIONS = {
     ("GET", "/v1/registrations/{job_id}/jacobian"): "registrations-download_jacobian",
     ("GET", "/v1/registrations/{job_id}/warped-image"): "registrations-download_warped_image",
     ("GET", "/v1/registrations/{job_id}/warped-mask"): "registrations-download_warped_mask",
+    ("GET", "/v1/registrations/{job_id}/warped-mask-seg"): "registrations-download_warped_mask_seg",
     ("GET", "/v1/registrations/{job_id}/report"): "registrations-download_report",
     ("GET", "/v1/registrations/{job_id}/preview.png"): "registrations-download_preview",
     ("POST", "/v1/datasets"): "datasets-upload_dataset",

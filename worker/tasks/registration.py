@@ -38,7 +38,8 @@ On success, ``status="succeeded"``, ``finished_at`` and ``result``
      "device": "cuda" | "cpu", "attempt": 1}
 
 with ROLE -> NAME: ``displacement`` -> ``displacement.nii.gz``, ``warped`` -> ``warped.nii.gz``,
-``warped_mask`` -> ``warped_mask.nii.gz`` (with a moving mask), ``report`` -> ``report.json``,
+``warped_mask`` -> ``warped_mask.nii.gz`` (with a moving mask), ``warped_mask_seg`` ->
+``warped_mask_seg.dcm`` (with a moving mask and a DICOM fixed image), ``report`` -> ``report.json``,
 ``preview`` -> ``preview.png``. The files are objects of the artifact store (serve them with
 ``store.open(sha256)``); a copy sits in ``job_dir/outputs/``, which appears whole or not at all.
 They are the files ``adacs register`` writes, by the same pipeline (``models.register.register_files``,

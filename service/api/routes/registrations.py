@@ -60,10 +60,15 @@ DOWNLOADS = {
     "jacobian": ("jacobian", "application/gzip", "jacobian.nii.gz"),
     "warped-image": ("warped", "application/gzip", "warped.nii.gz"),
     "warped-mask": ("warped_mask", "application/gzip", "warped_mask.nii.gz"),
+    "warped-mask-seg": ("warped_mask_seg", "application/dicom", "warped_mask_seg.dcm"),
     "report": ("report", "application/json", "report.json"),
     "preview.png": ("preview", "image/png", "preview.png"),
 }
 _ROLE_SEGMENT = {role: segment for segment, (role, _, _) in DOWNLOADS.items()}
+# Why an optional output is absent, as the 404 says it.
+_ABSENT = {"warped_mask": " (no moving_mask was uploaded)",
+           "warped_mask_seg": " (a DICOM SEG is made only for a DICOM fixed image with a moving_mask; when the "
+                              "fixed series could not carry one, the report's dicom_seg says why)"}
 _EXT = re.compile(r"^\.[a-z0-9]{1,8}$")
 MAX_WAIT_S = 60.0
 SERIES_PATTERN = r"^[0-9.]*$"  # a DICOM UID (digits and dots), or its prefix
@@ -312,13 +317,12 @@ def _output(session: Session, job_id: str, segment: str, principal: Principal) -
                             f"has no {file}", "no_output")
     entry = RegistrationResult.read(job.result).outputs.get(role)
     if entry is None:
-        why = " (no moving_mask was uploaded)" if role == "warped_mask" else ""
-        raise ApiError(404, f"registration {job_id} has no {file}{why}", "no_output")
+        raise ApiError(404, f"registration {job_id} has no {file}{_ABSENT.get(role, '')}", "no_output")
     return entry
 
 
 def _schema(media_type: str) -> dict[str, str]:
-    """report.json is a JSON object; every other output is a file (NIfTI, PNG) served as bytes."""
+    """report.json is a JSON object; every other output is a file (NIfTI, DICOM, PNG) served as bytes."""
     return {"type": "object"} if media_type == "application/json" else {"type": "string", "format": "binary"}
 
 
