@@ -97,8 +97,9 @@ CARD_KEYS = {f"refine_{f.name}": f.name for f in fields(RefineConfig) if f.name 
 
 
 def refine_config(card: Mapping[str, Any] | None, steps: int | None = None,
-                  time_limit_s: float | None = None) -> RefineConfig:
-    """The refinement a model runs: the user's ``steps``/``time_limit_s`` where given, else the card's.
+                  time_limit_s: float | None = None, similarity: str | None = None) -> RefineConfig:
+    """The refinement a model runs: the user's ``steps``/``time_limit_s``/``similarity`` where given, else
+    the card's.
 
     The card may hold ``card["inference"]["refine_steps"]``, ``refine_time_limit_s``, ``refine_lr``,
     ``refine_similarity`` and ``refine_ncc_window``; ``λ`` is the card's training
@@ -121,7 +122,8 @@ def refine_config(card: Mapping[str, Any] | None, steps: int | None = None,
         config.validate()
     except ValueError as error:
         raise ValueError(f"model card: {error}") from None
-    user = {k: v for k, v in (("steps", steps), ("time_limit_s", time_limit_s)) if v is not None}
+    user = {k: v for k, v in (("steps", steps), ("time_limit_s", time_limit_s), ("similarity", similarity))
+            if v is not None}
     config = replace(config, **user)
     config.validate()
     return config

@@ -47,7 +47,7 @@ from models.report import grid_section, label_section
 from models.report import label_names as label_names_of
 from models.resample import resample_to, warp_physical
 
-__all__ = ["RegistrationResult", "RegisteredFiles", "PHASES", "register_images", "register_files"]
+__all__ = ["RegistrationResult", "RegisteredFiles", "PHASES", "predict_native", "register_images", "register_files"]
 
 PHASES = ("loading_model", "reading_inputs", "registering", "writing_outputs")
 """The steps of :func:`register_files`, in order, as its ``on_phase`` hook announces them."""
@@ -79,15 +79,18 @@ def _center(moving_mask: np.ndarray | None, slicewise: bool) -> tuple[float, ...
 Progress = Callable[[Iterable, int], Iterable]
 
 
-def _predict(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_mm: tuple[float, ...],
-             center: tuple[float, ...] | None, batch_size: int, refine_with: RefineConfig,
-             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def predict_native(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_mm: tuple[float, ...],
+                   center: tuple[float, ...] | None, batch_size: int, refine_with: RefineConfig,
+                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Voxel displacement ``(fixed.ndim, *fixed.shape)`` on the native grid, its inverse there when the
     estimator integrates a velocity (``exp(−v)``: a point ``q`` maps to ``q + w(q)``; else None), and
     the refinement record.
 
-    Refinement sees every slice of a 2D stack at once (one time limit for the whole registration);
-    with 0 steps it returns the network's field itself and only records its image term.
+    ``fixed`` and ``moving`` are arrays on one grid (the moving image already resampled onto it); a
+    2D model registers a 3D array slice by slice, which is how a cine's frames are batched too
+    (``models.cine`` stacks them along the slice axis). Refinement sees every slice of a 2D stack at
+    once (one time limit for the whole registration); with 0 steps it returns the network's field
+    itself and only records its image term.
     """
     slicewise = model.ndim == 2 and fixed.ndim == 3
     if model.ndim != fixed.ndim and not slicewise:
@@ -138,8 +141,8 @@ def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask
     center = _center(mask_on_fixed.array if mask_on_fixed is not None else None, slicewise)
     refine_with = refine_config(model.card) if refine_with is None else refine_with
     t_predict = time.perf_counter()
-    disp, disp_inv, refine_record = _predict(model, fixed_arr, moving_arr, spacing, center, batch_size, refine_with,
-                                             progress)
+    disp, disp_inv, refine_record = predict_native(model, fixed_arr, moving_arr, spacing, center, batch_size,
+                                                   refine_with, progress)
     predict_s = time.perf_counter() - t_predict
     field_mm = displacement_image(disp, fixed.to_sitk())
     warped = warp_physical(moving, field_mm, fixed)

@@ -34,7 +34,7 @@ __all__ = [
     "ValuesOutOfRangeError", "EmptyImageError", "MaskGeometryError", "NonIntegerMaskError", "DimensionMismatchError",
     "UnsupportedDimensionsError", "ImageTooLargeError", "MultipleSeriesError", "UnknownSeriesError",
     "InconsistentSeriesError", "HostileArchiveError", "ArchiveTooLargeError", "EmptyArchiveError",
-    "UnsafePathError", "VectorImageError", "DicomSegError",
+    "UnsafePathError", "VectorImageError", "DicomSegError", "NotACineError", "TooManyFramesError",
 ]
 
 SUPPORTED_FORMATS = ("NIfTI (.nii, .nii.gz), DICOM (one file, or one series as a folder or .zip), "
@@ -248,3 +248,19 @@ class DicomSegError(ImageError):
     http_status = 422
     code = "dicom_seg"
     default_hint = "the NIfTI warped mask is still written; a SEG needs the fixed image as one complete DICOM series"
+
+
+class NotACineError(ImageError):
+    """A cine registration needs a series of frames: a 4-D image, or a DICOM series with several phases."""
+
+    http_status = 422
+    code = "not_a_cine"
+    default_hint = ("upload the whole cine: a 4-D NIfTI (x, y, z, t) or a DICOM series with several temporal "
+                    "phases per slice; register a single pair with POST /v1/registrations")
+
+
+class TooManyFramesError(ImageError):
+    """More frames than one cine job may register (``ADACS_MAX_CINE_FRAMES``)."""
+
+    http_status = 413
+    code = "too_many_frames"

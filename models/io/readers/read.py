@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.io.errors import UnreadableImageError
+from models.io.errors import NotACineError, TooManyFramesError, UnreadableImageError
 from models.io.image import LABEL, SCALAR, Geometry, Image
 from models.io.readers.checks import as_labels, check_scalar
 from models.io.readers.header import DEFAULT_MAX_VOXELS, ImageHeader, check_header
@@ -25,7 +25,10 @@ from models.io.readers.resolve import resolve
 from models.io.readers.singleton import squeeze
 from models.io.readers.source import DICOM, NIFTI, Source
 
-__all__ = ["read_header", "read_image"]
+__all__ = ["read_header", "read_image", "read_frames", "check_cine_header", "DEFAULT_MAX_FRAMES"]
+
+DEFAULT_MAX_FRAMES = 64
+"""Frames one cine may have (``ADACS_MAX_CINE_FRAMES``): clinical cine MRI has 20-40 phases."""
 
 
 def _header(src: Source) -> ImageHeader:
@@ -98,3 +101,42 @@ def read_image(path: str | Path, *, kind: str = SCALAR, series: str | None = Non
     if src.format == DICOM and len(src.files) > 1:
         metadata["files"] = len(src.files)
     return Image(array, geometry, kind, src.display, metadata)
+
+
+def check_cine_header(header: ImageHeader, *, max_voxels: int = DEFAULT_MAX_VOXELS,
+                      max_frames: int = DEFAULT_MAX_FRAMES) -> None:
+    """Refuse from the header what :func:`read_frames` would: not a series of frames, too many of them,
+    or frames that :func:`read_image` would refuse one by one (size, voxel type, dimensions)."""
+    if header.n_frames < 2:
+        raise NotACineError(f"is a single {header.image_ndim or header.dims}-D image (size {list(header.size)}), "
+                            "not a series of frames", path=header.path)
+    if header.n_frames > max_frames:
+        raise TooManyFramesError(f"has {header.n_frames} frames, more than the limit of {max_frames} "
+                                 "(max_frames)", path=header.path, hint="register a shorter part of the cycle, or "
+                                 "ask the operator to raise ADACS_MAX_CINE_FRAMES", limit=max_frames,
+                                 frames=header.n_frames)
+    check_header(header, frame=0, frame_name=None, max_voxels=max_voxels)
+
+
+def read_frames(path: str | Path, *, series: str | None = None, max_voxels: int = DEFAULT_MAX_VOXELS,
+                max_frames: int = DEFAULT_MAX_FRAMES) -> list[Image]:
+    """Every frame of a 4-D image (a cine), each a 2-D or 3-D scalar :class:`Image` on the same grid.
+
+    The file is resolved and its header checked once (:func:`check_cine_header`), then the frames are
+    read in order and each one's values checked as :func:`read_image` checks one frame.
+    """
+    path = Path(path)
+    frames = []
+    with tempfile.TemporaryDirectory(prefix="adacs-io-") as tmp:
+        src = resolve(path, series, Path(tmp), str(path))
+        header = _header(src)
+        check_cine_header(header, max_voxels=max_voxels, max_frames=max_frames)
+        for t in range(header.n_frames):
+            frame_index = tuple(int(i) for i in np.unravel_index(t, header.size[3:], order="F"))
+            array, geometry = _pixels(src, header, frame_index)
+            array, geometry, squeezed = squeeze(array, geometry)
+            array, _ = _values(array, SCALAR, f"{src.display} (frame {t})", False)
+            metadata = {"format": src.format, "dtype": header.pixel_type, "size": header.size, "dims": header.dims,
+                        "n_frames": header.n_frames, "frame": t, "squeezed": squeezed, **header.info}
+            frames.append(Image(array, geometry, SCALAR, src.display, metadata))
+    return frames
