@@ -14,7 +14,8 @@ Rules, stated once (each in the module that applies it):
 - **Singleton axes.** A 3-D grid with exactly one axis of size 1 becomes a 2-D image; two or more are
   refused (:mod:`.singleton`).
 - **Frames.** A 4-D+ image needs ``frame=`` unless it has one frame; only that frame is read where the
-  format allows (:mod:`.header`, :mod:`.itk`, :mod:`.nifti`).
+  format allows (:mod:`.header`, :mod:`.itk`, :mod:`.nifti`). The cine entry points
+  (:func:`.read.read_frames`) read every frame, of a 4-D file or of a DICOM cine series (:mod:`.dicom_cine`).
 - **Values.** Scalar images must be finite, within float32's range and not constant; label images whole
   numbers, float labels cast to the smallest integer dtype (:mod:`.checks`).
 - **Limits.** ``max_voxels`` (per frame) is checked from the header before any pixel is read (:mod:`.read`).
@@ -22,12 +23,13 @@ Rules, stated once (each in the module that applies it):
 The modules: :mod:`.read` (the entry points), :mod:`.resolve` and :mod:`.choose` (a file, folder or zip
 to one :class:`~.source.Source`), :mod:`.detect` (format from content), :mod:`.nifti` (nibabel, and why
 ITK is bypassed), :mod:`.dicom`, :mod:`.dicom_series` and :mod:`.dicom_geometry` (pydicom headers, series
-grouping and ordering), :mod:`.metaimage`, :mod:`.nrrd` and :mod:`.datafile` (header and data-file
-checks), :mod:`.itk` (SimpleITK reading), :mod:`.header` (header refusals), :mod:`.singleton`,
-:mod:`.checks` (values, masks, pairs), :mod:`.inputs` (a registration's images, read and checked alike by
-the API and the worker); :mod:`.geometry` and :mod:`.source` hold what they share. Of the
-heavy libraries, importing this package loads SimpleITK and NumPy only: pydicom and nibabel are imported
-when a file needs them, and torch never (the API process validates uploads with it).
+grouping and ordering), :mod:`.dicom_cine` (a cine series' phases as frames), :mod:`.metaimage`,
+:mod:`.nrrd` and :mod:`.datafile` (header and data-file checks), :mod:`.itk` (SimpleITK reading),
+:mod:`.header` (header refusals), :mod:`.singleton`, :mod:`.checks` (values, masks, pairs),
+:mod:`.inputs` (a registration's images, read and checked alike by the API and the worker);
+:mod:`.geometry` and :mod:`.source` hold what they share. Of the heavy libraries, importing this package
+loads SimpleITK and NumPy only: pydicom and nibabel are imported when a file needs them, and torch never
+(the API process validates uploads with it).
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from models.io.readers.dicom import dicom_info
 from models.io.readers.dicom_geometry import stack_geometry, unit
 from models.io.readers.source import DICOM, ITK_IO, Source
 
-__all__ = ["series_source"]
+__all__ = ["series_source", "check_uniform", "has_geometry", "slice_planes", "pixel_spacing"]
 
 
-def _check_uniform(items: list, what: str, display: str) -> None:
+def check_uniform(items: list, what: str, display: str) -> None:
     """Refuse multi-frame files mixed with others, and slices of different sizes."""
     frames = [int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items]
     if len(items) > 1 and max(frames) > 1:
@@ -33,28 +33,42 @@ def _check_uniform(items: list, what: str, display: str) -> None:
         raise InconsistentSeriesError(f"{what} mixes slices of different sizes ({listing})", path=display)
 
 
-def _by_position(items: list, what: str, display: str) -> tuple[np.ndarray, Geometry]:
-    """Slice order along the normal and the stack's geometry; slices must share one orientation."""
+def has_geometry(items: list) -> bool:
+    """Whether every slice has patient geometry (secondary captures often have none)."""
+    return all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in items)
+
+
+def slice_planes(items: list, what: str, display: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every slice's ImagePositionPatient, their one ImageOrientationPatient, and its slice normal."""
     iops = np.asarray([[float(v) for v in ds.ImageOrientationPatient] for _, ds in items])
     if np.max(np.abs(iops - iops[0])) > 1e-3:
         raise InconsistentSeriesError(f"{what} mixes slices of different orientations (a localiser in the "
                                       "series?)", path=display)
     positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
     normal = np.cross(unit(iops[0][:3]), unit(iops[0][3:]))
+    return positions, iops[0], normal
+
+
+def pixel_spacing(ds) -> list[float]:
+    """A slice's (row, column) spacing as DICOM states it, (1, 1) when it states none."""
+    return [float(v) for v in (ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0])]
+
+
+def _by_position(items: list, what: str, display: str) -> tuple[np.ndarray, Geometry]:
+    """Slice order along the normal and the stack's geometry; slices must share one orientation."""
+    positions, iop, normal = slice_planes(items, what, display)
     order = np.argsort(positions @ normal, kind="stable")
-    first = items[order[0]][1]
-    spacing = first.get("PixelSpacing") or first.get("ImagerPixelSpacing") or [1.0, 1.0]
-    return order, stack_geometry(positions[order], list(iops[0]), [float(v) for v in spacing], display, what)
+    return order, stack_geometry(positions[order], list(iop), pixel_spacing(items[order[0]][1]), display, what)
 
 
 def series_source(items: list, uid: str, display: str) -> Source | None:
     """A DICOM series (``items``: ``(path, dataset)``) checked and ordered; one file stays a single file."""
     info = dicom_info(items[0][1], len(items))
     what = f"series {uid}"
-    _check_uniform(items, what, display)
+    check_uniform(items, what, display)
     if len(items) == 1:
         return None  # read as a single file by the caller
-    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in items):
+    if has_geometry(items):
         order, geometry = _by_position(items, what, display)
         info["ordered_by"] = "ImagePositionPatient"
     else:  # no patient geometry (secondary captures): instance order, unit geometry

@@ -18,6 +18,7 @@ import numpy as np
 from models.io.errors import NotACineError, TooManyFramesError, UnreadableImageError
 from models.io.image import LABEL, SCALAR, Geometry, Image
 from models.io.readers.checks import as_labels, check_scalar
+from models.io.readers.dicom_cine import cine_header, frame_source
 from models.io.readers.header import DEFAULT_MAX_VOXELS, ImageHeader, check_header
 from models.io.readers.itk import itk_header, itk_pixels
 from models.io.readers.nifti import nib_header, nib_pixels
@@ -25,14 +26,17 @@ from models.io.readers.resolve import resolve
 from models.io.readers.singleton import squeeze
 from models.io.readers.source import DICOM, NIFTI, Source
 
-__all__ = ["read_header", "read_image", "read_frames", "check_cine_header", "DEFAULT_MAX_FRAMES"]
+__all__ = ["read_header", "read_image", "read_frames", "read_cine_header", "check_cine_header", "DEFAULT_MAX_FRAMES"]
 
 DEFAULT_MAX_FRAMES = 64
 """Frames one cine may have (``ADACS_MAX_CINE_FRAMES``): clinical cine MRI has 20-40 phases."""
 
 
 def _header(src: Source) -> ImageHeader:
-    """NIfTI-2 headers come from nibabel (ITK cannot read them), all others from SimpleITK."""
+    """NIfTI-2 headers come from nibabel (ITK cannot read them), all others from SimpleITK; a DICOM cine's
+    is 4-D, built from its first frame's."""
+    if src.frames:
+        return cine_header(src)
     if src.io == "nibabel":
         return nib_header(src)
     return itk_header(src)
@@ -103,6 +107,25 @@ def read_image(path: str | Path, *, kind: str = SCALAR, series: str | None = Non
     return Image(array, geometry, kind, src.display, metadata)
 
 
+def read_cine_header(path: str | Path, *, series: str | None = None) -> ImageHeader:
+    """The header of the cine :func:`read_frames` would read (``n_frames`` its frame count), no pixels read.
+
+    A 4-D file's header, or a DICOM cine series' (several phases per slice position, see
+    :mod:`~models.io.readers.dicom_cine`): ``size`` ``(x, y, positions, phases)``. A normal DICOM series
+    (one image per position) gives its 3-D header, a single frame.
+    """
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="adacs-io-") as tmp:
+        return _header(resolve(path, series, Path(tmp), str(path), cine=True))
+
+
+def _frame_pixels(src: Source, header: ImageHeader, t: int) -> tuple[np.ndarray, Geometry]:
+    """Frame ``t``'s voxels and geometry: a DICOM cine's ``t``-th phase, or one frame of a 4-D+ file."""
+    if src.frames:
+        return _pixels(frame_source(src, t), header, ())
+    return _pixels(src, header, tuple(int(i) for i in np.unravel_index(t, header.size[3:], order="F")))
+
+
 def check_cine_header(header: ImageHeader, *, max_voxels: int = DEFAULT_MAX_VOXELS,
                       max_frames: int = DEFAULT_MAX_FRAMES) -> None:
     """Refuse from the header what :func:`read_frames` would: not a series of frames, too many of them,
@@ -120,20 +143,20 @@ def check_cine_header(header: ImageHeader, *, max_voxels: int = DEFAULT_MAX_VOXE
 
 def read_frames(path: str | Path, *, series: str | None = None, max_voxels: int = DEFAULT_MAX_VOXELS,
                 max_frames: int = DEFAULT_MAX_FRAMES) -> list[Image]:
-    """Every frame of a 4-D image (a cine), each a 2-D or 3-D scalar :class:`Image` on the same grid.
+    """Every frame of a 4-D image or DICOM cine series, each a 2-D or 3-D scalar :class:`Image` on one grid.
 
-    The file is resolved and its header checked once (:func:`check_cine_header`), then the frames are
-    read in order and each one's values checked as :func:`read_image` checks one frame.
+    The input is resolved and its header checked once (:func:`check_cine_header`), then the frames are
+    read in order and each one's values checked as :func:`read_image` checks one frame. A DICOM cine's
+    frame ``t`` is its ``t``-th phase at every slice position (:mod:`~models.io.readers.dicom_cine`).
     """
     path = Path(path)
     frames = []
     with tempfile.TemporaryDirectory(prefix="adacs-io-") as tmp:
-        src = resolve(path, series, Path(tmp), str(path))
+        src = resolve(path, series, Path(tmp), str(path), cine=True)
         header = _header(src)
         check_cine_header(header, max_voxels=max_voxels, max_frames=max_frames)
         for t in range(header.n_frames):
-            frame_index = tuple(int(i) for i in np.unravel_index(t, header.size[3:], order="F"))
-            array, geometry = _pixels(src, header, frame_index)
+            array, geometry = _frame_pixels(src, header, t)
             array, geometry, squeezed = squeeze(array, geometry)
             array, _ = _values(array, SCALAR, f"{src.display} (frame {t})", False)
             metadata = {"format": src.format, "dtype": header.pixel_type, "size": header.size, "dims": header.dims,

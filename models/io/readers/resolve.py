@@ -5,6 +5,9 @@ recursively; hidden files and OS litter (``__MACOSX``, ``Thumbs.db``, ``DICOMDIR
 are not images are skipped but remembered for the message, DICOM files are grouped by
 SeriesInstanceUID, and exactly one series or image must remain or be named by ``series=``
 (:mod:`~models.io.readers.choose`). Every message names the member as ``archive.zip/member``.
+With ``cine=True`` (the cine entry points only) a DICOM series with several phases per slice position
+is grouped into frames (:mod:`~models.io.readers.dicom_cine`) instead of refused, and a single
+multi-frame file with a temporal dimension is refused as such.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from models.io.archive import extract_zip
 from models.io.errors import EmptyArchiveError, NotAnImageError, UnreadableImageError, UnsupportedFormatError
 from models.io.readers.choose import choose
 from models.io.readers.dicom import check_dicom_pixels, dicom_dataset, dicom_file_source, has_pixels, sop_name
+from models.io.readers.dicom_cine import cine_source, refuse_multiframe_cine
 from models.io.readers.dicom_series import series_source
 from models.io.readers.file_format import detect_format
 from models.io.readers.metaimage import check_metaimage
@@ -39,21 +43,24 @@ class _Scan:
     unreadable: list = field(default_factory=list)  # their errors, when they looked like images
 
 
-def resolve(path: Path, series: str | None, workdir: Path, display: str) -> Source:
-    """The :class:`Source` that ``path`` stands for; ``workdir`` receives unpacked zips and links."""
+def resolve(path: Path, series: str | None, workdir: Path, display: str, *, cine: bool = False) -> Source:
+    """The :class:`Source` that ``path`` stands for; ``workdir`` receives unpacked zips and links.
+
+    ``cine``: a DICOM series with several phases per position becomes a cine source (``frames`` set).
+    """
     if not path.exists():
         raise UnreadableImageError("no such file or folder", path=display, hint="check the path")
     if path.is_dir():
-        return _resolve_folder(path, series, workdir, display)
+        return _resolve_folder(path, series, workdir, display, cine)
     fmt = detect_format(path, display=display)
     if fmt == ZIP:
         root = extract_zip(path, workdir, name=display)
-        return _resolve_folder(root, series, workdir, display)
-    return _single(path, fmt, display, series, workdir)
+        return _resolve_folder(root, series, workdir, display, cine)
+    return _single(path, fmt, display, series, workdir, cine=cine)
 
 
 def _single(path: Path, fmt: str, display: str, series: str | None, workdir: Path,
-            dataset=None) -> Source:
+            dataset=None, cine: bool = False) -> Source:
     """One image file, with the checks of its format done before any reader sees it."""
     if fmt == NIFTI:
         return nifti_source(path, display, workdir)
@@ -63,6 +70,9 @@ def _single(path: Path, fmt: str, display: str, series: str | None, workdir: Pat
     if fmt == NRRD:
         check_nrrd(path, display)
         return Source(NRRD, [path], display, ITK_IO[NRRD])
+    if cine:
+        dataset = dataset if dataset is not None else dicom_dataset(path, display)
+        refuse_multiframe_cine(dataset, display)
     return dicom_file_source(path, display, series, dataset)
 
 
@@ -110,19 +120,20 @@ def _candidates(scan: _Scan) -> list[dict]:
     return candidates
 
 
-def _series(root: Path, chosen: dict, display: str, workdir: Path) -> Source:
+def _series(root: Path, chosen: dict, display: str, workdir: Path, cine: bool) -> Source:
     """The chosen DICOM series; a one-file series is read as that file, a longer one checked file by file."""
     items = chosen["items"]
-    source = series_source(items, chosen["uid"], display)
+    source = cine_source(items, chosen["uid"], display) if cine else None
+    source = source or series_source(items, chosen["uid"], display)
     if source is None:
         path, ds = items[0]
-        return _single(path, DICOM, f"{display}/{path.relative_to(root).as_posix()}", None, workdir, ds)
+        return _single(path, DICOM, f"{display}/{path.relative_to(root).as_posix()}", None, workdir, ds, cine)
     for path, ds in items:
         check_dicom_pixels(ds, path, f"{display}/{path.relative_to(root).as_posix()}")
     return source
 
 
-def _resolve_folder(root: Path, series: str | None, workdir: Path, display: str) -> Source:
+def _resolve_folder(root: Path, series: str | None, workdir: Path, display: str, cine: bool) -> Source:
     """The one series or image of a folder (or unpacked zip) that is there or that ``series`` names."""
     files = [f for f in sorted(root.rglob("*")) if f.is_file() and not _ignored(f.relative_to(root))]
     if not files:
@@ -135,4 +146,4 @@ def _resolve_folder(root: Path, series: str | None, workdir: Path, display: str)
     if chosen["uid"] is None:
         member = f"{display}/{chosen['name']}"
         return _single(chosen["path"], chosen["format"], member, None, workdir)
-    return _series(root, chosen, display, workdir)
+    return _series(root, chosen, display, workdir, cine)

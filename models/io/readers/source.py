@@ -26,7 +26,7 @@ ITK_IO = {NIFTI: "NiftiImageIO", DICOM: "GDCMImageIO", METAIMAGE: "MetaImageIO",
 
 @dataclass
 class Source:
-    """One readable thing resolved from the user's path: a file, or a DICOM series' files in order."""
+    """One readable thing resolved from the user's path: a file, a DICOM series' files in order, or a cine's."""
 
     format: str
     files: list[Path]
@@ -35,3 +35,4 @@ class Source:
     geometry: Geometry | None = None  # overrides SimpleITK's (DICOM series and multi-frame)
     series_uid: str | None = None
     info: dict = field(default_factory=dict)
+    frames: list[list[Path]] | None = None  # a DICOM cine: each frame's files in slice order (``files`` all of them)
