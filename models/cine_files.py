@@ -28,14 +28,14 @@ import SimpleITK as sitk
 from models.artifact import LoadedModel
 from models.cine import CineResult, register_cine
 from models.io.atomic import write_json_atomic
-from models.io.image import LABEL, Image
 from models.io.readers.header import DEFAULT_MAX_VOXELS
-from models.io.readers.read import DEFAULT_MAX_FRAMES, read_frames, read_image
+from models.io.readers.inputs import read_cine_inputs
+from models.io.readers.read import DEFAULT_MAX_FRAMES
 from models.io.writers import write_image
 from models.outputs import DISPLACEMENT_UNITS, REPORT
 from models.refine import refine_config
 
-__all__ = ["CINE_OUTPUTS", "CINE_PHASES", "CineFiles", "read_cine_inputs", "register_cine_files",
+__all__ = ["CINE_OUTPUTS", "CINE_PHASES", "CineFiles", "register_cine_files",
            "write_cine_outputs", "draw_volume_curves"]
 
 CINE_OUTPUTS = {"displacements": "displacements.nii.gz", "warped_masks": "warped_masks.nii.gz",
@@ -51,19 +51,6 @@ class CineFiles:
     result: CineResult
     paths: dict[str, Path]
     report: dict[str, Any]
-
-
-def read_cine_inputs(cine: Path, reference_mask: Path, *, series: str | None = None,
-                     max_voxels: int = DEFAULT_MAX_VOXELS,
-                     max_frames: int = DEFAULT_MAX_FRAMES) -> tuple[list[Image], Image]:
-    """The frames and the reference mask, every voxel read and checked (``ImageError`` otherwise).
-
-    The mask is read as a label image; that it lies on the frames' grid is checked by
-    :func:`models.cine.register_cine` (it needs the reference frame's index).
-    """
-    frames = read_frames(cine, series=series, max_voxels=max_voxels, max_frames=max_frames)
-    mask = read_image(reference_mask, kind=LABEL, frame_name=None, max_voxels=max_voxels)
-    return frames, mask
 
 
 def _series_image(images: list[sitk.Image]) -> sitk.Image:

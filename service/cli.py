@@ -1,4 +1,4 @@
-"""The ``adacs`` command line: ``train``, ``evaluate``, ``register``, ``demo`` and ``serve``.
+"""The ``adacs`` command line: ``train``, ``evaluate``, ``register``, ``register-cine``, ``demo`` and ``serve``.
 
 Names of commands, flags and output files are a contract other tools call. Heavy libraries (torch,
 SimpleITK) are imported inside the commands, so ``adacs --help`` is instant and this module stays
@@ -17,6 +17,7 @@ from models.defaults import LR_SCHEDULES, MAX_MICRO_BATCH, SUPERVISIONS, TRAIN_D
 from service.cli_args import (
     LABELS_HELP,
     arch_option,
+    device_name,
     ints_arg,
     label_names_arg,
     label_weight_arg,
@@ -24,6 +25,7 @@ from service.cli_args import (
     refine_steps_arg,
     seconds_arg,
 )
+from service.cli_cine import CINE_COMMANDS, add_cine_commands
 from service.cli_remote import REMOTE_COMMANDS, add_remote_commands
 
 __all__ = ["main", "build_parser"]
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_register(sub)
+    add_cine_commands(sub)  # register-cine
     _add_demo(sub)
     _add_serve(sub)
     add_remote_commands(sub)  # submit, wait, download, cancel, train-remote, datasets, models
@@ -153,12 +156,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="concurrent jobs: 1 runs the worker with --pool solo, more with a prefork pool")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+_device = device_name
 
 
 def _default_val_spec(spec: str) -> str | None:
@@ -324,7 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "register": cmd_register, "demo": cmd_demo,
-            "serve": cmd_serve, **REMOTE_COMMANDS}
+            "serve": cmd_serve, **CINE_COMMANDS, **REMOTE_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

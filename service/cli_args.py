@@ -92,3 +92,12 @@ def label_names_arg(text: str) -> dict[str, str]:
         return parse_label_names(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def device_name(name: str) -> str:
+    """``--device``: ``auto`` is CUDA when there is one, else the CPU; anything else as given."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

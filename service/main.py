@@ -29,7 +29,7 @@ from service.api.auth import AuthMiddleware, route_rules
 from service.api.errors import install_error_handler
 from service.api.limits import BodySizeLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.routes import datasets, health, models, registrations, training
+from service.api.routes import cine, datasets, health, models, registrations, training
 from service.core.config import Settings, get_settings
 from service.core.privacy import use_private_umask
 from service.db import make_engine, make_session_factory
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None, *, inference_queue: str | None 
                   description="Deformable registration of medical images with adaptive correspondence scoring "
                               "(AdaCS): a model registry, registrations and trainings.")
     app.state.metrics = Metrics()
-    routers = (health.router, models.router, registrations.router, datasets.router, training.router)
+    routers = (health.router, models.router, registrations.router, cine.router, datasets.router, training.router)
     for router in routers:
         app.include_router(router)  # no prefix here: routers carry theirs (see service.api.routes)
     _add_offline_docs(app)

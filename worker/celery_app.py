@@ -33,12 +33,21 @@ from celery.signals import worker_init, worker_process_init
 
 from service.core.config import Settings, get_settings
 from service.core.privacy import use_private_umask
-from service.jobs.tasks import REAP_TASK, REGISTRATION_TASK, RETENTION_TASK, TRAINING_TASK, broker_config, task_routes
+from service.jobs.tasks import (
+    CINE_TASK,
+    REAP_TASK,
+    REGISTRATION_TASK,
+    RETENTION_TASK,
+    TRAINING_TASK,
+    broker_config,
+    task_routes,
+)
 from worker.settings import WorkerSettings, get_worker_settings
 
 __all__ = ["app", "create_app", "celery_config", "TASK_MODULES"]
 
-TASK_MODULES = ["worker.tasks.registration", "worker.tasks.training", "worker.reaper", "worker.tasks.maintenance"]
+TASK_MODULES = ["worker.tasks.registration", "worker.tasks.cine", "worker.tasks.training", "worker.reaper",
+                "worker.tasks.maintenance"]
 
 
 def _beat_entry(task: str, every_s: float, settings: Settings) -> dict[str, Any]:
@@ -68,6 +77,7 @@ def celery_config(settings: Settings, worker_settings: WorkerSettings | None = N
         # The soft limit raises inside the task, which then records the job as failed; the hard
         # limit kills a task that ignores it.
         "task_annotations": {REGISTRATION_TASK: {"soft_time_limit": max(1.0, 0.9 * limit), "time_limit": limit},
+                             CINE_TASK: {"soft_time_limit": max(1.0, 0.9 * limit), "time_limit": limit},
                              TRAINING_TASK: {"soft_time_limit": max(1.0, 0.95 * training_limit),
                                              "time_limit": training_limit}},
         # Celery beat (``celery beat``, or ``worker --beat`` in the embedded mode) runs the reaper and

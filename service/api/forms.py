@@ -12,9 +12,10 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.routing import APIRoute
 
+from models.report import parse_label_names
 from service.api.errors import ApiError
 
-__all__ = ["refuse_unknown_form_fields", "UnknownFormFields"]
+__all__ = ["refuse_unknown_form_fields", "UnknownFormFields", "label_names_field"]
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _SHOWN_NAME = 40  # characters of an unknown name quoted back: a name is the user's, but need not be short
@@ -44,3 +45,14 @@ async def refuse_unknown_form_fields(request: Request) -> None:
     unknown = sorted(set((await request.form()).keys()) - set(accepted))
     if unknown:
         raise UnknownFormFields(unknown, accepted)
+
+
+def label_names_field(labels: str | None) -> dict[str, str] | None:
+    """The ``labels`` form field (a JSON object of label names), checked now: a 422 naming it, so a bad
+    one never becomes a job."""
+    if not labels:
+        return None
+    try:
+        return parse_label_names(labels)
+    except ValueError as error:
+        raise ApiError(422, f"labels: {error}", "invalid_labels") from None

@@ -122,7 +122,10 @@ def busy_queues(engine: Engine, queue_of: dict[JobKind, str], stale_s: float) ->
         rows = session.execute(select(Job.kind, func.count()).where(Job.status == JobStatus.RUNNING,
                                                                     Job.heartbeat_at >= cutoff)
                                .group_by(Job.kind)).all()
-    return {queue_of[kind]: count for kind, count in rows}
+    busy: dict[str, int] = {}
+    for kind, count in rows:  # several kinds may share a queue (pairs and cines: the inference queue)
+        busy[queue_of[kind]] = busy.get(queue_of[kind], 0) + count
+    return busy
 
 
 def _describe(queue: str, nodes: list[str], running: int) -> str:
@@ -132,7 +135,8 @@ def _describe(queue: str, nodes: list[str], running: int) -> str:
 
 def check_workers(tasks: TaskSender, engine: Engine, stale_s: float) -> str:
     """Every queue the API sends to has a worker that answered, or one busy with a fresh heartbeat."""
-    queue_of = {JobKind.REGISTRATION: tasks.inference_queue, JobKind.TRAINING: tasks.training_queue}
+    queue_of = {JobKind.REGISTRATION: tasks.inference_queue, JobKind.CINE: tasks.inference_queue,
+                JobKind.TRAINING: tasks.training_queue}
     answered, running = live_workers(tasks.app), busy_queues(engine, queue_of, stale_s)
     queues = list(dict.fromkeys(queue_of.values()))  # one entry when both kinds share a queue
     missing = [queue for queue in queues if not answered.get(queue) and not running.get(queue)]

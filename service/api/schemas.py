@@ -23,8 +23,9 @@ from models.defaults import (
 
 __all__ = ["ErrorPublic", "FieldErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
            "ModelVersionPublic", "ModelPublic", "ModelDetailPublic", "ModelsPublic", "PromotionCreate",
-           "StageAssignmentPublic", "OutputPublic", "RegistrationPublic", "RegistrationsPublic", "DatasetPublic",
-           "DatasetsPublic", "TrainingHyperparameters", "TrainingJobCreate", "TrainingJobPublic", "TrainingJobsPublic"]
+           "StageAssignmentPublic", "OutputPublic", "RegistrationPublic", "RegistrationsPublic",
+           "CineRegistrationPublic", "CineRegistrationsPublic", "DatasetPublic", "DatasetsPublic",
+           "TrainingHyperparameters", "TrainingJobCreate", "TrainingJobPublic", "TrainingJobsPublic"]
 
 
 class FieldErrorPublic(BaseModel):
@@ -144,6 +145,36 @@ class RegistrationPublic(BaseModel):
 class RegistrationsPublic(BaseModel):
     data: list[RegistrationPublic]
     count: int = Field(description="number of registrations (all pages)")
+
+
+class CineRegistrationPublic(BaseModel):
+    """A cine registration as clients see it: every frame registered to the reference frame, its mask
+    carried to each; ``outputs`` and ``report`` (volumes per label per frame, ED/ES frames, EF) once it
+    succeeded."""
+
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    model: str = Field(description="the model reference asked for")
+    model_version: str | None = Field(None, description="'name:version' that ran (once it ran)")
+    reference_frame: int = Field(description="the frame the mask was drawn on")
+    progress: dict[str, Any] = Field(default_factory=dict, description="phase, step, steps and, while "
+                                                                       "registering, frame of frames")
+    error: str | None = Field(None, description="'<code>: <message>' when it failed")
+    attempts: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings_s: dict[str, float] | None = None
+    report: dict[str, Any] | None = Field(None, description="frames, labels (volume per frame), lv (ED, ES, EF)")
+    expired_at: datetime | None = None
+    url: str = Field(description="this job's URL")
+    outputs: dict[str, OutputPublic] = Field(
+        default_factory=dict, description="by role: displacements, warped_masks, volumes, volume_curve, report")
+
+
+class CineRegistrationsPublic(BaseModel):
+    data: list[CineRegistrationPublic]
+    count: int = Field(description="number of cine registrations (all pages)")
 
 
 # -- datasets ------------------------------------------------------------------------------------

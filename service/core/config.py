@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     api_keys_enabled: bool = Field(False, description="require an API key with the right scope")
     max_upload_bytes: int = Field(512 * MiB, gt=0, description="largest accepted upload, in bytes")
     max_voxels: int = Field(512**3, gt=0, description="largest accepted image, in voxels")
+    max_cine_frames: int = Field(64, gt=1, le=1000, description="most frames one cine registration may have")
     max_dataset_bytes: int = Field(8 * 1024 * MiB, gt=0, description="largest accepted dataset zip")
     default_model: str = Field("starter", description="model reference used when a request names none")
     max_training_steps: int = Field(200_000, gt=0, description="most optimiser updates one training job may ask "

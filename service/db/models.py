@@ -43,6 +43,7 @@ def new_id() -> str:
 class JobKind(str, enum.Enum):
     REGISTRATION = "registration"
     TRAINING = "training"
+    CINE = "cine"
 
 
 class JobStatus(str, enum.Enum):

@@ -18,14 +18,15 @@ from celery import Celery
 
 from service.core.config import Settings
 
-__all__ = ["REGISTRATION_TASK", "TRAINING_TASK", "REAP_TASK", "RETENTION_TASK", "TASK_OF_KIND",
+__all__ = ["REGISTRATION_TASK", "CINE_TASK", "TRAINING_TASK", "REAP_TASK", "RETENTION_TASK", "TASK_OF_KIND",
            "FILESYSTEM_POLLING_INTERVAL_S", "task_routes", "broker_config", "client_config", "TaskSender"]
 
 REGISTRATION_TASK = "adacs.registration.run"
+CINE_TASK = "adacs.cine.run"
 TRAINING_TASK = "adacs.training.run"
 REAP_TASK = "adacs.maintenance.reap_stale_jobs"
 RETENTION_TASK = "adacs.maintenance.retention"
-TASK_OF_KIND = {"registration": REGISTRATION_TASK, "training": TRAINING_TASK}
+TASK_OF_KIND = {"registration": REGISTRATION_TASK, "cine": CINE_TASK, "training": TRAINING_TASK}
 """The task that runs a job, by ``JobKind`` value."""
 
 # kombu polls the filesystem transport's folder; its default (1 s) would add up to a second to
@@ -37,15 +38,18 @@ FILESYSTEM_TRANSPORT = "service.fs_broker:Transport"
 
 
 def _queues(settings: Settings) -> dict[str, str]:
-    """The queue of each job kind: registrations to the inference queue, trainings to the training one."""
-    return {"registration": settings.inference_queue, "training": settings.training_queue}
+    """The queue of each job kind: registrations (pairs and cines) to the inference queue, trainings to the
+    training one."""
+    return {"registration": settings.inference_queue, "cine": settings.inference_queue,
+            "training": settings.training_queue}
 
 
 def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
     """Celery's ``task_routes``: each job's task to its kind's queue; maintenance to the inference queue,
     which every worker serves in compose."""
     queues = _queues(settings)
-    return {REGISTRATION_TASK: {"queue": queues["registration"]}, TRAINING_TASK: {"queue": queues["training"]},
+    return {REGISTRATION_TASK: {"queue": queues["registration"]}, CINE_TASK: {"queue": queues["cine"]},
+            TRAINING_TASK: {"queue": queues["training"]},
             REAP_TASK: {"queue": settings.inference_queue}, RETENTION_TASK: {"queue": settings.inference_queue}}
 
 
@@ -90,8 +94,8 @@ class TaskSender:
             app = Celery("adacs-api", set_as_current=False)
             app.conf.update(client_config(settings))
         self.app = app
-        self.queues = _queues(settings) | {kind: queue for kind, queue in (("registration", inference_queue),
-                                                                          ("training", training_queue)) if queue}
+        overrides = (("registration", inference_queue), ("cine", inference_queue), ("training", training_queue))
+        self.queues = _queues(settings) | {kind: queue for kind, queue in overrides if queue}
 
     @property
     def inference_queue(self) -> str:

@@ -97,6 +97,31 @@ def test_another_owners_registration_cannot_be_deleted(server, keys, world):
     assert server.client.get(url, headers=as_(keys, "alice")).status_code == 200  # still there
 
 
+def test_another_owners_cine_registration_is_invisible_and_cannot_be_deleted(server, keys, world, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from models.data.phantom_cine import make_phantom_cine
+
+    cine = make_phantom_cine(frames=3, slices=1, size=32, seed=4)
+    nib.save(nib.Nifti1Image(np.transpose(cine.images, (3, 2, 1, 0)), np.eye(4)), str(tmp_path / "cine.nii.gz"))
+    nib.save(nib.Nifti1Image(np.transpose(cine.masks[0], (2, 1, 0)), np.eye(4)), str(tmp_path / "mask.nii.gz"))
+    files = {"cine": ("cine.nii.gz", (tmp_path / "cine.nii.gz").read_bytes()),
+             "reference_mask": ("mask.nii.gz", (tmp_path / "mask.nii.gz").read_bytes())}
+    client = server.client
+    response = client.post("/v1/cine-registrations", files=files, data={"model": "shared"}, headers=as_(keys, "alice"))
+    assert response.status_code == 202, response.text
+    url = f"/v1/cine-registrations/{response.json()['id']}"
+    assert client.get(url, headers=as_(keys, "alice")).status_code == 200
+    for path in (url, f"{url}/report", f"{url}/warped-masks"):
+        response = client.get(path, headers=as_(keys, "bob"))
+        assert response.status_code == 404 and response.json()["code"] == "not_found", path
+    assert client.delete(url, headers=as_(keys, "bob")).status_code == 404
+    assert client.get("/v1/cine-registrations", headers=as_(keys, "bob")).json()["count"] == 0
+    assert client.get("/v1/cine-registrations", headers=as_(keys, "admin")).json()["count"] == 1
+    assert client.get(url, headers=as_(keys, "alice")).status_code == 200  # still there
+
+
 def test_another_owners_dataset_is_invisible_unusable_and_undeletable(server, keys, world):
     url, client = f"/v1/datasets/{world['dataset']}", server.client
     assert client.get(url, headers=as_(keys, "bob")).status_code == 404

@@ -35,8 +35,8 @@ def empty_url(request, tmp_path):
 
 def test_upgrade_from_empty_matches_the_models(empty_url):
     assert current_revision(empty_url) is None
-    assert upgrade_database(empty_url) == head_revision() == "0003"
-    assert upgrade_database(empty_url) == "0003"  # at head: a no-op, safe at every start
+    assert upgrade_database(empty_url) == head_revision() == "0004"
+    assert upgrade_database(empty_url) == "0004"  # at head: a no-op, safe at every start
     engine = make_engine(empty_url)
     with engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
@@ -60,7 +60,7 @@ def test_concurrent_upgrades_wait_for_each_other(empty_url):
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == [] and current_revision(empty_url) == "0003"
+    assert errors == [] and current_revision(empty_url) == "0004"
 
 
 def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path):

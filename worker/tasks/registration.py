@@ -60,7 +60,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,10 +91,10 @@ TIMED_PHASES = {"loading_model": "load_model", "reading_inputs": "read_inputs", 
                 "writing_outputs": "write_outputs"}
 
 
-def _input_paths(job_dir: Path, params: RegistrationParams) -> dict[str, Path]:
-    """The inputs' files by role; a path that leaves the job's folder breaks the contract."""
+def input_paths(job_dir: Path, inputs: Mapping[str, str]) -> dict[str, Path]:
+    """The inputs' files by role (``params.inputs``); a path that leaves the job's folder breaks the contract."""
     paths = {}
-    for role, relative in params.inputs.items():
+    for role, relative in inputs.items():
         path = (job_dir / relative).resolve()
         if Path(relative).is_absolute() or not path.is_relative_to(job_dir.resolve()):
             raise InvalidJobParams(f"input path {relative!r} leaves the job's folder")
@@ -102,7 +102,7 @@ def _input_paths(job_dir: Path, params: RegistrationParams) -> dict[str, Path]:
     return paths
 
 
-def _store_outputs(store: ArtifactStore, paths: dict[str, Path]) -> dict[str, OutputFile]:
+def store_outputs(store: ArtifactStore, paths: dict[str, Path]) -> dict[str, OutputFile]:
     outputs = {}
     for role, path in paths.items():
         sha = store.put_file(path)
@@ -110,7 +110,7 @@ def _store_outputs(store: ArtifactStore, paths: dict[str, Path]) -> dict[str, Ou
     return outputs
 
 
-def _publish(staging: Path, outputs_dir: Path) -> None:
+def publish(staging: Path, outputs_dir: Path) -> None:
     """Replace ``outputs_dir`` by the complete ``staging`` folder (a rename: no half-written folder)."""
     shutil.rmtree(outputs_dir, ignore_errors=True)
     staging.rename(outputs_dir)
@@ -124,34 +124,46 @@ def write_outputs(store: ArtifactStore, job_dir: Path, staging: Path, done: Regi
     ``before_publish`` may raise to keep ``outputs/`` as it is (the job was cancelled or overtaken).
     """
     preview = write_preview(staging / PREVIEW, done)
-    outputs = _store_outputs(store, done.paths | {"preview": preview})
+    outputs = store_outputs(store, done.paths | {"preview": preview})
     before_publish()
-    _publish(staging, job_dir / "outputs")
+    publish(staging, job_dir / "outputs")
     return outputs
 
 
-def _resolve_model(engine: Engine, ref: str) -> ModelVersionRef:
+def resolve_model(engine: Engine, ref: str) -> ModelVersionRef:
     with session_scope(engine) as session:
         version = resolve(session, ref)
         return ModelVersionRef(ref=version.ref, name=version.model.name, version=version.version,
                                sha256=version.sha256)
 
 
-class _Phases:
-    """``register_files``' ``on_phase``: each phase becomes the job's progress, and is timed."""
+class Phases:
+    """An ``on_phase`` hook: each phase (a key of ``timed``, in order) becomes the job's progress and is
+    timed under its ``timed`` name; :meth:`frames` adds how many frames of a cine are done."""
 
-    def __init__(self, monitor: JobMonitor) -> None:
-        self.monitor, self.start, self.marks = monitor, time.perf_counter(), {}
+    def __init__(self, monitor: JobMonitor, timed: Mapping[str, str] = TIMED_PHASES) -> None:
+        self.monitor, self.timed, self.start, self.marks = monitor, dict(timed), time.perf_counter(), {}
+        self.phase, self.counts = next(iter(self.timed)), {}
+
+    def _step(self) -> None:
+        steps = list(self.timed)
+        self.monitor.progress(phase=self.phase, step=steps.index(self.phase) + 1, steps=len(steps), **self.counts)
 
     def __call__(self, phase: str) -> None:
-        self.monitor.progress(phase=phase, step=list(TIMED_PHASES).index(phase) + 1, steps=len(TIMED_PHASES))
+        self.phase = phase
+        self._step()
         self.marks[phase] = time.perf_counter()
+
+    def frames(self, done: int, total: int) -> None:
+        """Frames done of ``total``; kept in the progress of the later phases too."""
+        self.counts = {"frame": done, "frames": total}
+        self._step()
 
     def timings_s(self) -> dict[str, float]:
         """Each phase's seconds (the last one's until now) and the total since the job's work began."""
         now = time.perf_counter()
         ends = [*list(self.marks.values())[1:], now]
-        spans = {TIMED_PHASES[phase]: round(end - begin, 4) for (phase, begin), end in zip(self.marks.items(), ends)}
+        spans = {self.timed[phase]: round(end - begin, 4) for (phase, begin), end in zip(self.marks.items(), ends)}
         return spans | {"total": round(now - self.start, 4)}
 
 
@@ -163,11 +175,11 @@ def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactS
     """
     from models.register import register_files
 
-    phases = _Phases(monitor)
+    phases = Phases(monitor)
     params = RegistrationParams.parse(claim.params)
     job_dir = store.job_dir(claim.job_id)
-    inputs = _input_paths(job_dir, params)
-    model = _resolve_model(engine, params.model or settings.default_model)
+    inputs = input_paths(job_dir, params.inputs)
+    model = resolve_model(engine, params.model or settings.default_model)
     device = default_device()
     staging = Path(tempfile.mkdtemp(dir=job_dir, prefix=".outputs-"))
     try:

@@ -15,9 +15,9 @@ from pathlib import Path
 from models.io.image import LABEL, SCALAR, Image
 from models.io.readers.checks import check_mask, check_pair
 from models.io.readers.header import DEFAULT_MAX_VOXELS
-from models.io.readers.read import read_image
+from models.io.readers.read import DEFAULT_MAX_FRAMES, read_frames, read_image
 
-__all__ = ["INPUT_ROLES", "MASK_OF", "read_registration_inputs"]
+__all__ = ["INPUT_ROLES", "MASK_OF", "read_registration_inputs", "read_cine_inputs"]
 
 INPUT_ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
 MASK_OF = {"moving_mask": "moving", "fixed_mask": "fixed"}
@@ -60,3 +60,16 @@ def read_registration_inputs(paths: Mapping[str, Path], *, series: Mapping[str, 
         if images[mask] is not None:
             check_mask(images[mask], images[image])
     return images
+
+
+def read_cine_inputs(cine: Path, reference_mask: Path, *, series: str | None = None,
+                     max_voxels: int = DEFAULT_MAX_VOXELS,
+                     max_frames: int = DEFAULT_MAX_FRAMES) -> tuple[list[Image], Image]:
+    """A cine's frames and its reference mask, every voxel read and checked (``ImageError`` otherwise).
+
+    That the mask lies on the frames' grid needs the reference frame's index; the caller checks it
+    (``models.cine.register_cine``, and the API before a job exists).
+    """
+    frames = read_frames(cine, series=series, max_voxels=max_voxels, max_frames=max_frames)
+    mask = read_image(reference_mask, kind=LABEL, frame_name=None, max_voxels=max_voxels)
+    return frames, mask
