@@ -31,7 +31,7 @@ from models.artifact import LoadedModel
 from models.data.crop import mask_centroid
 from models.field_maps import jacobian_image, jacobian_summary
 from models.io.errors import FrameOutOfRangeError
-from models.io.image import Image
+from models.io.image import LABEL, Image
 from models.io.readers.checks import check_mask
 from models.io.writers import displacement_image
 from models.refine import RefineConfig, refine_config
@@ -146,7 +146,10 @@ def register_cine(model: LoadedModel, frames: Sequence[Image], reference_mask: I
             on_frames(1 + first + len(batch), total)
     predict_s = time.perf_counter() - start
     fields_mm = [displacement_image(disp[t], frames[t].to_sitk()) for t in range(total)]
-    warped = [reference_mask if t == reference else warp_physical(reference_mask, fields_mm[t], frames[t])
+    # The reference keeps its mask, on the frame's own grid (the mask's header may differ by rounding:
+    # NIfTI stores geometry in float32), so that every frame of the 4-D outputs shares one grid.
+    given = Image(reference_mask.array, frames[reference].geometry, LABEL, reference_mask.source)
+    warped = [given if t == reference else warp_physical(reference_mask, fields_mm[t], frames[t])
               for t in range(total)]
     report = _report(frames, warped, fields_mm, reference, label_names_given, lv_label, model.card)
     report |= {"refine": _merge_records(records), "predict_s": round(predict_s, 4),

@@ -54,7 +54,13 @@ class CineFiles:
 
 
 def _series_image(images: list[sitk.Image]) -> sitk.Image:
-    """Frames joined along a 4th axis; 2-D frames first get a z axis of one slice (so t is always axis 4)."""
+    """Frames joined along a 4th axis; 2-D frames first get a z axis of one slice (so t is always axis 4).
+
+    The frames share one grid (``read_frames``); the first's geometry is copied to all, so that a
+    rounding difference in the last digit (a header read as float32) cannot stop ITK joining them.
+    """
+    for image in images[1:]:
+        image.CopyInformation(images[0])
     if images[0].GetDimension() == 2:
         images = [sitk.JoinSeries([image]) for image in images]
     return sitk.JoinSeries(images)

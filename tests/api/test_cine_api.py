@@ -125,3 +125,29 @@ def test_bad_input_is_refused_before_any_job_exists(server, uploads, files, data
     assert "inputs/" not in response.text  # the server's folders stay private: errors name the form fields
     assert jobs_count(server) == before
 
+
+
+def test_a_dicom_cine_series_zip_is_tracked(server, tmp_path, zip_folder):
+    """A DICOM cine (3 slice positions × 5 phases, instances and file names shuffled) as a zip."""
+    from test_dicom_cine import write_cine
+
+    from models.io.image import LABEL, Image
+    from models.io.readers.read import read_frames
+    from worker.tasks.cine import run_cine
+
+    write_cine(tmp_path / "series")
+    frames = read_frames(tmp_path / "series")
+    mask = np.zeros(frames[0].array.shape, np.uint8)
+    mask[:, 1:4, 2:5] = 1
+    mask_path = tmp_path / "mask.nii.gz"
+    import SimpleITK as sitk
+
+    sitk.WriteImage(Image(mask, frames[0].geometry, LABEL).to_sitk(), str(mask_path))
+    files = {"cine": ("cine.zip", zip_folder(tmp_path / "series")),
+             "reference_mask": ("mask.nii.gz", mask_path.read_bytes())}
+    response = server.client.post("/v1/cine-registrations", files=files, data={"refine_steps": "0"})
+    assert response.status_code == 202, response.text
+    run_cine(response.json()["id"], settings=server.settings)
+    job = server.client.get(f"/v1/cine-registrations/{response.json()['id']}").json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["report"]["frames"] == 5 and job["report"]["grid"]["size"] == list(frames[0].size)
