@@ -10,7 +10,8 @@
 #   2. create the first API key on a fresh volume (`run --rm api keys create`, before any `up`);
 #   3. `up` the CPU and TLS profiles with two worker-cpu replicas, wait for every health check;
 #      check that settings given in the env file reached the containers;
-#   4. register a NIfTI pair with the starter model and check every output; send four more and
+#   4. register a NIfTI pair with the starter model and check every output; track a phantom cine
+#      (4-D masks, EF within 2 points of the truth); send four more pairs and
 #      check both replicas ran some; read a job through the HTTPS proxy (its URL says https);
 #   5. train a tiny model, `docker kill` its worker container mid-training, check that the job
 #      resumed from its checkpoint on the other replica, ran every epoch, and register with it;
@@ -142,6 +143,8 @@ step register
 client data >/dev/null
 result=$(client register)
 note "registered a NIfTI pair with the starter model ($result), outputs checked"
+result=$(client cine)
+note "tracked a 6-frame phantom cine from its ED mask: $result"
 mapfile -t ids < <(client queue 4)
 client wait "${ids[@]}" >/dev/null
 list=$(printf "'%s'," "${ids[@]}")

@@ -7,6 +7,7 @@ reason on stderr when a check fails. The API key comes from ``SMOKE_KEY`` in the
 
   data                      write a phantom pair and a small manifest dataset (zip) under /tmp/smoke
   register [MODEL]          register the pair (starter, or MODEL), wait, check every output file
+  cine                      track a 6-frame phantom cine with the starter model; check the 4-D outputs and EF
   queue N                   send N registrations of the pair without waiting; print their ids
   wait ID...                wait until each registration succeeded; print their ids
   train EPOCHS STEPS        upload the dataset and queue a tiny vanilla training; print its id
@@ -121,6 +122,40 @@ def register(model: str | None = None) -> None:
     print(f"{job['model_version']}, myocardium Dice {dice:.1f} %" if dice is not None else job["model_version"])
 
 
+def cine() -> None:
+    """A phantom cine (6 frames, 2 slices) from its ED mask: the 4-D masks and the EF near the truth."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    from models.data.phantom_cine import make_phantom_cine
+
+    phantom = make_phantom_cine(frames=6, slices=2, size=96, seed=1, noise=0.02)
+    (DATA / "cine").mkdir(parents=True, exist_ok=True)
+    affine = np.diag([-1.5, -1.5, phantom.spacing_mm[0], 1.0])
+    nib.save(nib.Nifti1Image(np.transpose(phantom.images, (3, 2, 1, 0)), affine), str(DATA / "cine" / "cine.nii.gz"))
+    nib.save(nib.Nifti1Image(np.transpose(phantom.masks[0], (2, 1, 0)), affine), str(DATA / "cine" / "ed.nii.gz"))
+    files = {"cine": ("cine.nii.gz", (DATA / "cine" / "cine.nii.gz").read_bytes()),
+             "reference_mask": ("ed.nii.gz", (DATA / "cine" / "ed.nii.gz").read_bytes())}
+    with client() as http:
+        response = http.post("/v1/cine-registrations", files=files, data={
+            "labels": '{"1": "LV", "2": "myocardium"}', "refine_steps": "100", "refine_similarity": "ncc"})
+        if response.status_code != 202:
+            fail(f"POST /v1/cine-registrations answered {response.status_code}: {response.text[:500]}")
+        job = _finished(http, f"/v1/cine-registrations/{response.json()['id']}")
+        if job["status"] != "succeeded":
+            fail(f"cine registration {job['id']} {job['status']}: {job.get('error')}")
+        masks = http.get(job["outputs"]["warped_masks"]["url"])
+    shape = nib.Nifti1Image.from_bytes(gzip.decompress(masks.content)).shape
+    if shape != (96, 96, 2, 6):
+        fail(f"warped_masks.nii.gz is {shape}, expected (96, 96, 2, 6)")
+    ef, truth = job["report"]["lv"]["ef_pct"], phantom.ejection_fraction()
+    if abs(ef - truth) > 2:
+        fail(f"cine EF {ef:.1f} % is more than 2 points from the phantom's {truth:.1f} %")
+    print(f"EF {ef:.1f} % (truth {truth:.1f} %), ES frame {job['report']['lv']['es_frame']}")
+
+
 def queue(count: str) -> None:
     with client() as http:
         for _ in range(int(count)):
@@ -184,7 +219,7 @@ def wait_train(job_id: str, epochs: str) -> None:
           f"epochs={result['epochs_run']}")
 
 
-COMMANDS = {"data": data, "register": register, "queue": queue, "wait": wait, "train": train,
+COMMANDS = {"data": data, "register": register, "cine": cine, "queue": queue, "wait": wait, "train": train,
             "wait-epoch": wait_epoch, "wait-train": wait_train}
 
 if __name__ == "__main__":
