@@ -27,9 +27,10 @@ from service.jobs.tasks import TaskSender
 from service.storage import ArtifactStore
 from service.storage.atomic import CHUNK
 
-__all__ = ["JobFiles", "BrokerUnavailable", "POLL_S"]
+__all__ = ["JobFiles", "BrokerUnavailable", "POLL_S", "FIRST_POLL_S"]
 
 POLL_S = 0.1
+FIRST_POLL_S = 0.005
 
 
 class BrokerUnavailable(ApiError):
@@ -86,10 +87,17 @@ class JobFiles:
 
     @staticmethod
     def wait(session: Session, job: Job, seconds: float) -> None:
-        """Poll the row (a fresh read each time) until the job finished or ``seconds`` passed."""
-        deadline = time.monotonic() + seconds
+        """Poll the row (a fresh read each time) until the job finished or ``seconds`` passed.
+
+        The interval starts at :data:`FIRST_POLL_S` and grows by half each time up to :data:`POLL_S`:
+        a 2D job that ends 30 ms after it was sent is answered within a few ms of its end, not up to
+        100 ms later, and a long one costs ten reads a second, as before. (A primary-key read is
+        about 0.2 ms on SQLite and PostgreSQL here.)
+        """
+        deadline, interval = time.monotonic() + seconds, FIRST_POLL_S
         while not job.status.finished and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(POLL_S, interval * 1.5)
             session.commit()  # end the read transaction, so the next read sees the worker's commits
             session.refresh(job)
 

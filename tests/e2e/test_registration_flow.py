@@ -99,6 +99,20 @@ def wait_for(server, job_id: str) -> dict:
     pytest.fail(f"worker {state}; its log:\n{server.worker.tail()}", pytrace=False)
 
 
+def with_preview(server, job: dict, timeout_s: float = 20.0) -> dict:
+    """The succeeded job once its preview is attached; until then preview.png is a 404 saying why."""
+    deadline = time.monotonic() + timeout_s
+    while "preview" not in job["outputs"] and time.monotonic() < deadline:
+        missing = server.client.get(f"/v1/registrations/{job['id']}/preview.png")
+        assert missing.status_code in (200, 404), missing.text
+        if missing.status_code == 404:
+            assert "drawn just after the job succeeds" in missing.json()["detail"]
+        time.sleep(0.1)
+        job = server.client.get(f"/v1/registrations/{job['id']}").json()
+    assert "preview" in job["outputs"], f"no preview after {timeout_s} s\n{server.worker.tail()}"
+    return job
+
+
 def download(server, job_id: str, segment: str, target: Path) -> np.ndarray:
     response = server.client.get(f"/v1/registrations/{job_id}/{segment}")
     assert response.status_code == 200, response.text
@@ -154,6 +168,7 @@ def test_a_nifti_pair_with_masks_is_registered_as_adacs_register_does(stack, ima
     assert response.status_code == 202, response.text
     job = wait_for(stack, response.json()["id"])
     assert job["status"] == "succeeded", f"{job['error']}\n{stack.worker.tail()}"
+    job = with_preview(stack, job)  # drawn just after the job succeeded, off the client's path
     assert set(job["outputs"]) == {"displacement", "inverse_displacement", "jacobian", "warped", "warped_mask",
                                    "report", "preview"}
     assert job["model_version"] == f"{MODEL}:1" and "dice" in job["report"] and job["timings_s"]["total"] > 0

@@ -66,7 +66,7 @@ def test_redis_gets_the_visibility_timeout_and_one_message_at_a_time(tmp_path):
 def test_the_filesystem_broker_polls_its_folder_often(tmp_path):
     conf = create_app(Settings(data_dir=tmp_path)).conf
     options = conf.broker_transport_options
-    assert options["polling_interval"] == FILESYSTEM_POLLING_INTERVAL_S == 0.1
+    assert options["polling_interval"] == FILESYSTEM_POLLING_INTERVAL_S == 0.02
     assert options["data_folder_in"] == options["data_folder_out"] == str(tmp_path / "broker" / "queue")
     assert Path(options["control_folder"]).is_dir()
 

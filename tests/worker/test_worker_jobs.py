@@ -118,13 +118,31 @@ def test_an_unexpected_error_fails_the_job_with_a_traceback_and_is_not_raised(
         settings, register_model, create_job, load_job, monkeypatch):
     register_model(settings)
     job_id = create_job(settings)
-    monkeypatch.setattr(registration, "write_preview", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(registration, "store_outputs", lambda *a, **k: 1 / 0)
     run_registration(job_id, settings=settings)
     job = load_job(settings, job_id)
     assert job.status == JobStatus.FAILED and job.error == "internal_error: ZeroDivisionError: division by zero"
     assert "write_outputs" in job.result["error"]["traceback"]
     job_dir = LocalArtifactStore(settings.artifact_dir).job_dir(job_id)
     assert sorted(p.name for p in job_dir.iterdir()) == ["inputs"]
+
+
+def test_the_preview_is_attached_after_success_and_its_failure_leaves_the_job_succeeded(
+        settings, register_model, create_job, load_job, monkeypatch):
+    register_model(settings)
+    job_id = create_job(settings)
+    run_registration(job_id, settings=settings)
+    job = load_job(settings, job_id)
+    outputs = LocalArtifactStore(settings.artifact_dir).job_dir(job_id) / "outputs"
+    assert job.status == JobStatus.SUCCEEDED and job.result["outputs"]["preview"]["file"] == "preview.png"
+    assert (outputs / "preview.png").read_bytes().startswith(b"\x89PNG") and not list(outputs.glob(".*"))
+
+    monkeypatch.setattr(registration, "write_preview", lambda *a, **k: 1 / 0)
+    job_id = create_job(settings)
+    run_registration(job_id, settings=settings)
+    job = load_job(settings, job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.error is None
+    assert "preview" not in job.result["outputs"] and "displacement" in job.result["outputs"]
 
 
 def test_a_claim_is_won_once_and_an_overtaken_attempt_writes_nothing(settings, engine, create_job, load_job):

@@ -40,7 +40,8 @@ On success, ``status="succeeded"``, ``finished_at`` and ``result``
 with ROLE -> NAME: ``displacement`` -> ``displacement.nii.gz``, ``warped`` -> ``warped.nii.gz``,
 ``warped_mask`` -> ``warped_mask.nii.gz`` (with a moving mask), ``warped_mask_seg`` ->
 ``warped_mask_seg.dcm`` (with a moving mask and a DICOM fixed image), ``report`` -> ``report.json``,
-``preview`` -> ``preview.png``. The files are objects of the artifact store (serve them with
+``preview`` -> ``preview.png`` (added to ``outputs`` just after the job succeeded: the picture is drawn
+off the client's path, see :func:`attach_preview`). The files are objects of the artifact store (serve them with
 ``store.open(sha256)``); a copy sits in ``job_dir/outputs/``, which appears whole or not at all.
 They are the files ``adacs register`` writes, by the same pipeline (``models.register.register_files``,
 whose phases are the progress above).
@@ -73,7 +74,7 @@ from service.jobs.schema import InvalidJobParams, ModelVersionRef
 from service.jobs.tasks import REGISTRATION_TASK
 from service.registry import resolve
 from service.storage import ArtifactStore
-from worker.jobs import Claim, JobMonitor, run_job
+from worker.jobs import Claim, JobMonitor, add_output, run_job
 from worker.model_cache import MODEL_CACHE, default_device
 from worker.preview import write_preview
 from worker.tasks.job_task import job_task
@@ -81,7 +82,7 @@ from worker.tasks.job_task import job_task
 if TYPE_CHECKING:  # models.register imports torch; the task imports it when it runs
     from models.register import RegisteredFiles
 
-__all__ = ["run_registration", "run", "write_outputs", "PREVIEW"]
+__all__ = ["run_registration", "run", "write_outputs", "attach_preview", "PREVIEW"]
 
 log = logging.getLogger(__name__)
 PREVIEW = "preview.png"
@@ -118,16 +119,31 @@ def publish(staging: Path, outputs_dir: Path) -> None:
 
 def write_outputs(store: ArtifactStore, job_dir: Path, staging: Path, done: RegisteredFiles,
                   before_publish: Callable[[], None] = lambda: None) -> dict[str, OutputFile]:
-    """The CLI's files (``register_files`` wrote them into ``staging``) plus ``preview.png``, into the
-    store and then, by renaming ``staging``, ``job_dir/outputs/``.
+    """The CLI's files (``register_files`` wrote them into ``staging``) into the store and then, by
+    renaming ``staging``, ``job_dir/outputs/``. The preview comes after the job succeeded
+    (:func:`attach_preview`).
 
     ``before_publish`` may raise to keep ``outputs/`` as it is (the job was cancelled or overtaken).
     """
-    preview = write_preview(staging / PREVIEW, done)
-    outputs = store_outputs(store, done.paths | {"preview": preview})
+    outputs = store_outputs(store, done.paths)
     before_publish()
     publish(staging, job_dir / "outputs")
     return outputs
+
+
+def attach_preview(claim: Claim, engine: Engine, store: ArtifactStore, done: RegisteredFiles) -> None:
+    """Draw ``preview.png`` of a succeeded job and add it to its outputs (store, ``outputs/``, result).
+
+    Drawn after the job is marked succeeded, because a client waiting for the displacement should not
+    wait for a picture (about 0.1 s for a 2D pair, 1 s for ten slices); until it is attached its
+    download is a 404 that says so. Written beside the outputs under a hidden name, then renamed.
+    """
+    outputs_dir = store.job_dir(claim.job_id) / "outputs"
+    drawing = write_preview(outputs_dir / f".{PREVIEW}.tmp", done)
+    path = drawing.replace(outputs_dir / PREVIEW)
+    entry = store_outputs(store, {"preview": path})["preview"]
+    if not add_output(engine, claim, "preview", entry.to_row()):
+        path.unlink(missing_ok=True)  # deleted or expired meanwhile: leave nothing behind
 
 
 def resolve_model(engine: Engine, ref: str) -> ModelVersionRef:
@@ -168,10 +184,10 @@ class Phases:
 
 
 def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactStore,
-              monitor: JobMonitor) -> dict[str, Any]:
-    """The job's work: the CLI's pipeline into a staging folder, then the worker's own (preview, store, publish).
+              monitor: JobMonitor) -> tuple[dict[str, Any], RegisteredFiles]:
+    """The job's work: the CLI's pipeline into a staging folder, then the worker's own (store, publish).
 
-    Returns the job's ``result``.
+    Returns the job's ``result``, and the registration in memory for the preview drawn after it.
     """
     from models.register import register_files
 
@@ -191,8 +207,9 @@ def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactS
         outputs = write_outputs(store, job_dir, staging, done, before_publish=monitor.confirm)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return RegistrationResult(model=model, outputs=outputs, report=done.report, timings_s=phases.timings_s(),
-                              device=device, attempt=claim.attempt).to_row()
+    result = RegistrationResult(model=model, outputs=outputs, report=done.report, timings_s=phases.timings_s(),
+                                device=device, attempt=claim.attempt)
+    return result.to_row(), done
 
 
 def run_registration(job_id: str, *, settings: Settings | None = None, only_if_queued: bool = False) -> None:
@@ -202,9 +219,14 @@ def run_registration(job_id: str, *, settings: Settings | None = None, only_if_q
     outcome is written to the job row (``worker.jobs.run_job``).
     """
     settings = settings or get_settings()
-    run_job(job_id, JobKind.REGISTRATION, settings,
-            lambda claim, engine, store, monitor: _register(claim, settings, engine, store, monitor),
-            only_if_queued=only_if_queued)
+    made: dict[str, RegisteredFiles] = {}
+
+    def work(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonitor) -> dict[str, Any]:
+        result, made["done"] = _register(claim, settings, engine, store, monitor)
+        return result
+
+    run_job(job_id, JobKind.REGISTRATION, settings, work, only_if_queued=only_if_queued,
+            after_success=lambda claim, engine, store: attach_preview(claim, engine, store, made["done"]))
 
 
 run = job_task(REGISTRATION_TASK, run_registration)

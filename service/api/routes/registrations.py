@@ -58,6 +58,7 @@ DOWNLOADS = {
 }
 # Why an optional output is absent, as the 404 says it.
 _ABSENT = {"warped_mask": " (no moving_mask was uploaded)",
+           "preview": " yet: it is drawn just after the job succeeds, off the request's path; try again in a second",
            "warped_mask_seg": " (a DICOM SEG is made only for a DICOM fixed image with a moving_mask; when the "
                               "fixed series could not carry one, the report's dicom_seg says why)"}
 FILES = JobFiles(JobKind.REGISTRATION, "registration", f"{API_V1}/registrations", DOWNLOADS, _ABSENT)
