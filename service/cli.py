@@ -121,10 +121,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_register(sub: argparse._SubParsersAction) -> None:
     """``adacs register``: the service's pipeline on local files (the same flags as ``adacs submit``)."""
-    r = sub.add_parser("register", help="register a moving image onto a fixed image")
+    r = sub.add_parser("register", help="register a moving image onto a fixed image (or every pair of a CSV)")
     r.add_argument("--model", required=True, type=Path, help="model artifact directory")
-    r.add_argument("--fixed", required=True, type=Path)
-    r.add_argument("--moving", required=True, type=Path)
+    r.add_argument("--fixed", type=Path, help="fixed image (with --moving; or give --pairs)")
+    r.add_argument("--moving", type=Path)
+    r.add_argument("--pairs", type=Path, help="a CSV of pairs (fixed,moving[,fixed_mask,moving_mask][,id], paths "
+                                              "relative to it) registered in one process into OUT/<id>/, with "
+                                              "OUT/summary.csv")
     r.add_argument("--moving-mask", type=Path, help="label map on the moving image, warped to the fixed grid")
     r.add_argument("--fixed-mask", type=Path, help="label map on the fixed image (Dice goes into the report)")
     r.add_argument("--out", required=True, type=Path, help="output directory")
@@ -274,6 +277,12 @@ def cmd_register(args: argparse.Namespace) -> int:
     from models.artifact import load_artifact
     from models.register import register_files
 
+    if (args.pairs is None) == (args.fixed is None or args.moving is None):
+        raise ValueError("give either --fixed and --moving (one pair) or --pairs CSV (many)")
+    if args.pairs is not None:
+        from service.cli_batch import register_pairs
+
+        return register_pairs(args, _device(args.device))
     inputs = {role: path for role, path in (("fixed", args.fixed), ("moving", args.moving),
                                             ("moving_mask", args.moving_mask), ("fixed_mask", args.fixed_mask))
               if path is not None}

@@ -300,3 +300,49 @@ def test_a_bad_card_default_is_an_error_naming_the_key(run_dir, tmp_path, capsys
     model = with_card_inference(run_dir / "model", tmp_path, {"refine_steps": -4})
     assert main(register_args(model, phantom_files(tmp_path), tmp_path / "o")) == 2
     assert "model card: refine steps must be an integer >= 0, got -4" in capsys.readouterr().err
+
+
+def test_register_pairs_runs_a_study_in_one_process_and_a_bad_pair_fails_alone(run_dir, tmp_path, capsys):
+    rows = ["fixed,moving,fixed_mask,moving_mask,id"]
+    for i in range(2):
+        pair = make_phantom_pair(PhantomConfig(size=32, seed=4), i)
+        for name in ("fixed", "moving", "fixed_mask", "moving_mask"):
+            write(getattr(pair, name), tmp_path / f"p{i}_{name}.nii.gz", (1.5, 1.5))
+        rows.append(f"p{i}_fixed.nii.gz,p{i}_moving.nii.gz,p{i}_fixed_mask.nii.gz,p{i}_moving_mask.nii.gz,case{i}")
+    (tmp_path / "bad.nii.gz").write_bytes(b"not an image")
+    rows.append("bad.nii.gz,p0_moving.nii.gz,,,broken")
+    (tmp_path / "study.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["register", "--model", str(run_dir / "model"), "--pairs", str(tmp_path / "study.csv"),
+                 "--out", str(out)]) == 1  # one pair failed
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["pairs"] == 3 and summary["failed"] == ["broken"]
+    lines = (out / "summary.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("id,status,seconds,folding_pct,dice_1,dice_2")
+    assert lines[1].startswith("case0,succeeded,") and lines[3].startswith("broken,failed,")
+    assert "not_an_image" in lines[3]
+    # Each pair's files are those a single `adacs register` writes.
+    single = tmp_path / "single"
+    files = [f"--{role.replace('_', '-')}={tmp_path / f'p1_{role}.nii.gz'}"
+             for role in ("fixed", "moving", "moving_mask", "fixed_mask")]
+    assert main(["register", "--model", str(run_dir / "model"), *files, "--out", str(single)]) == 0
+    assert (out / "case1" / "displacement.nii.gz").read_bytes() == (single / "displacement.nii.gz").read_bytes()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--fixed", "f.nii.gz"], "give either --fixed and --moving"),
+    (["--fixed", "f.nii.gz", "--moving", "m.nii.gz", "--pairs", "s.csv"], "give either --fixed and --moving"),
+])
+def test_register_needs_one_pair_or_a_csv(run_dir, tmp_path, capsys, argv, words):
+    assert main(["register", "--model", str(run_dir / "model"), "--out", str(tmp_path / "o"), *argv]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_register_pairs_refuses_ids_that_are_not_folder_names(run_dir, tmp_path, capsys):
+    pair = make_phantom_pair(PhantomConfig(size=32, seed=4), 0)
+    write(pair.fixed, tmp_path / "f.nii.gz", (1.5, 1.5))
+    write(pair.moving, tmp_path / "m.nii.gz", (1.5, 1.5))
+    (tmp_path / "s.csv").write_text("fixed,moving,id\nf.nii.gz,m.nii.gz,../escape\n", encoding="utf-8")
+    assert main(["register", "--model", str(run_dir / "model"), "--pairs", str(tmp_path / "s.csv"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "ids name output folders" in capsys.readouterr().err and not (tmp_path / "escape").exists()

@@ -61,7 +61,7 @@ from models.io.image import LABEL, SCALAR, Image
 from models.io.readers import read_image
 from models.resample import resample_to
 
-__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load_manifest"]
+__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "load_manifest", "list_manifest"]
 
 #: Every column a manifest may have, and those it must have.
 COLUMNS = ("fixed", "moving", "fixed_mask", "moving_mask", "id", "subject")
@@ -89,6 +89,18 @@ def load_manifest(path: str | Path, crop: int | None = None, *, root: str | Path
     csv_path = Path(path) if inside is not None else Path(path).expanduser()
     if inside is not None and not csv_path.resolve().is_relative_to(inside):
         raise ValueError("the manifest lies outside the dataset's folder")
+    rows = _checked_rows(csv_path, inside)
+    return [_make_pair(csv_path, row, crop) for row in rows]
+
+
+def list_manifest(path: str | Path) -> list[tuple[str, dict[str, Path]]]:
+    """``(id, {column: file})`` of every row of a local user's manifest, every file checked to exist but
+    none read: ``adacs register --pairs`` registers the rows one by one, each refused alone."""
+    csv_path = Path(path).expanduser()
+    return [(row.pair_id, row.files) for row in _checked_rows(csv_path, None)]
+
+
+def _checked_rows(csv_path: Path, inside: Path | None) -> list[_Row]:
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest {csv_path} does not exist" if not csv_path.exists()
                                 else f"manifest {csv_path} is not a file")
@@ -99,7 +111,7 @@ def load_manifest(path: str | Path, crop: int | None = None, *, root: str | Path
                 raise FileNotFoundError(f"{csv_path} row {row.number}: {column} file {file_path} does not exist")
             if inside is not None:
                 _no_link_out(file_path, inside, f"{csv_path} row {row.number}: {column}")
-    return [_make_pair(csv_path, row, crop) for row in rows]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
