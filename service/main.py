@@ -5,9 +5,10 @@ settings (``get_settings()`` unless given), the engine, the session factory and 
 are made in the lifespan, when a server starts the app, and reach requests as lifespan state.
 This module and everything it imports stay free of torch and of the worker (a test checks it).
 
-``/docs`` is Swagger UI served from the files of the ``swagger-ui-bundle`` package, not from a CDN:
-on a network with no way out (a hospital's) a CDN's page would stay blank. ReDoc, which FastAPI
-also loads from a CDN and no package ships for us, is left out.
+``/docs`` is Swagger UI served from this server's files, not from a CDN: on a network with no way
+out (a hospital's) a CDN's page would stay blank. They are Swagger UI 5 from npm when the web
+viewer was built (``service.web.swagger_ui_dir``), else those of the ``swagger-ui-bundle`` package.
+ReDoc, which FastAPI also loads from a CDN and no package ships for us, is left out.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,7 +23,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
-from swagger_ui_bundle import swagger_ui_path
 
 from service.api.auth import AuthMiddleware, route_rules
 from service.api.errors import install_error_handler
@@ -35,6 +34,7 @@ from service.core.privacy import use_private_umask
 from service.db import make_engine, make_session_factory
 from service.jobs.tasks import TaskSender
 from service.storage import LocalArtifactStore
+from service.web import add_web_ui, swagger_ui_dir
 
 __all__ = ["create_app", "operation_id", "app", "DOCS_ASSETS"]
 
@@ -57,7 +57,7 @@ def _version() -> str:
 
 def _add_offline_docs(app: FastAPI) -> None:
     """``/docs`` and its files, as plain routes that declare no principal: public like FastAPI's own."""
-    files = {name: Path(str(swagger_ui_path)) / name for name in SWAGGER_UI_FILES}
+    files = {name: swagger_ui_dir() / name for name in SWAGGER_UI_FILES}  # 5.x when built (service.web)
 
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")  # behind a proxy that mounts the API below /
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None, *, inference_queue: str | None 
     for router in routers:
         app.include_router(router)  # no prefix here: routers carry theirs (see service.api.routes)
     _add_offline_docs(app)
+    add_web_ui(app)  # the viewer at / (public, outside the schema; service.web)
     install_error_handler(app)
     # Added innermost first: metrics see every answer; a key is checked before the body size, and
     # both before any body is read (401/403 come before 413 and before the body is parsed).
