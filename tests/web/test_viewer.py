@@ -40,7 +40,7 @@ ROLES = ("fixed", "moving", "moving_mask", "fixed_mask")
 LABELS = '{"1": "LV", "2": "myocardium"}'
 # Pixel statistics of the viewer's WebGL canvas (its drawing buffer is preserved, so it can be read).
 CANVAS_STATS = """(selector) => {
-  const canvas = document.querySelector(selector);
+  const canvas = document.querySelector(selector);  // the first canvas: the image
   const copy = new OffscreenCanvas(canvas.width, canvas.height);
   const g = copy.getContext("2d");
   g.drawImage(canvas, 0, 0);
@@ -184,7 +184,7 @@ class Watched:
         self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
     def canvas(self, selector: str) -> dict:
-        return self.page.evaluate(CANVAS_STATS, f"{selector} canvas")
+        return self.page.evaluate(CANVAS_STATS, selector)
 
     def assert_clean(self) -> None:
         assert self.outside == [], f"the page tried to leave the server: {self.outside}"
@@ -235,4 +235,173 @@ def test_every_page_and_the_docs_render_with_nothing_from_outside(watched, serve
     page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
     assert "AdaCS" in page.inner_text(".swagger-ui .info .title")
     watched.shot("docs")
+    watched.assert_clean()
+
+
+def _slice_row(page, k: int) -> dict:
+    return page.evaluate("""(k) => Object.fromEntries(
+        [...document.querySelectorAll(`#slice-dice tr[data-slice="${k}"] td`)]
+        .map((td) => [td.dataset.label, td.dataset.value]))""", k)
+
+
+def test_register_a_pair_and_look_at_it_slice_by_slice(watched, server, stack):
+    watched.open("register")
+    page = watched.page
+    for role, path in stack.items():
+        page.set_input_files(f"#register-form input[name={role}]", str(path))
+    page.fill("input[name=refine_steps]", "0")
+    page.fill("input[name=labels]", LABELS)
+    page.click("#register-form button[type=submit]")
+    page.wait_for_selector("#viewer[data-ready=true]", timeout=120_000)
+    job_id = page.get_attribute("#result", "data-job")
+    report = server.api.get(f"/v1/registrations/{job_id}/report").json()
+
+    drawn = watched.canvas("#viewer canvas")
+    assert drawn["lit"] > 0.3 and drawn["std"] > 10, drawn  # an image, not a blank or flat canvas
+    assert drawn["coloured"] > 50, drawn  # the warped mask's coloured outlines over the grey image
+    for label, entry in report["labels"].items():  # the Dice shown is the report's
+        for kind in ("before", "after"):
+            cell = page.locator(f"#dice td[data-label='{label}'][data-kind={kind}]")
+            assert float(cell.get_attribute("data-value")) == entry[kind]["dice"]
+            assert abs(float(cell.inner_text()) - entry[kind]["dice"]) <= 0.05 + 1e-9
+        assert entry["name"] in page.inner_text("#dice")
+
+    # Slices: the keyboard on the focused image, then the slider; the table row and the text follow.
+    assert page.get_attribute("#viewer", "data-slices") == "4"
+    start = int(page.get_attribute("#viewer", "data-slice"))
+    page.focus("#viewer")
+    page.keyboard.press("ArrowDown")
+    assert page.get_attribute("#viewer", "data-slice") == str(start - 1)
+    page.keyboard.press("Home")
+    assert page.get_attribute("#viewer", "data-slice") == "0" and page.input_value("#slice") == "0"
+    pictures = {0: watched.canvas("#viewer canvas")["hash"]}
+    for k in (1, 3):
+        page.fill("#slice", str(k))
+        assert page.get_attribute("#viewer", "data-slice") == str(k)
+        pictures[k] = watched.canvas("#viewer canvas")["hash"]
+        assert page.get_attribute(f"#slice-dice tr[data-slice='{k}']", "class") == "current"
+        row = _slice_row(page, k)
+        assert {label: float(v) for label, v in row.items()} == {
+            label: entry["per_slice_dice"][k] for label, entry in report["labels"].items()}
+        assert f"myocardium {report['labels']['2']['per_slice_dice'][k]:.1f}"[:-1] in page.inner_text("#slice-text")
+    assert len(set(pictures.values())) == 3, "stepping through slices did not change the picture"
+
+    # Before/after and the Jacobian change the image; the grid is drawn as lines on the layer above it.
+    after = watched.canvas("#viewer canvas")
+    for control in ("input[name=mask][value=before]", "input[name=overlay][value=jacobian]"):
+        page.check(control)
+        assert watched.canvas("#viewer canvas")["hash"] != after["hash"], control
+    assert watched.canvas("#viewer canvas.vector")["coloured"] == 0
+    page.check("input[name=overlay][value=grid]")
+    assert watched.canvas("#viewer canvas.vector")["coloured"] > 500  # yellow lines
+    page.check("input[name=mask][value=after]")
+    page.check("input[name=overlay][value=grid]")
+    page.check("#reference")
+    page.fill("#slice", "2")
+    page.wait_for_selector("ul.downloads a[download='preview.png']")  # drawn just after the job succeeded
+    files = sorted(o["file"] for o in server.api.get(f"/v1/registrations/{job_id}").json()["outputs"].values())
+    assert sorted(page.locator("ul.downloads a").all_inner_texts()) == files
+    watched.shot("register")
+    watched.assert_clean()
+
+
+
+@pytest.fixture(scope="module")
+def cine(tmp_path_factory) -> dict[str, Path]:
+    """A phantom cine (6 frames of 2 slices, 64×64) as a 4-D NIfTI, and its first frame's mask."""
+    import nibabel as nib
+
+    from models.data.phantom_cine import make_phantom_cine
+
+    phantom = make_phantom_cine(frames=6, slices=2, size=64, seed=1, noise=0.02)
+    folder = tmp_path_factory.mktemp("cine")
+    spacing = phantom.spacing_mm  # (z, y, x)
+    affine = np.diag([-spacing[2], -spacing[1], spacing[0], 1.0])  # LPS spacing, as a RAS affine
+    nib.save(nib.Nifti1Image(np.transpose(phantom.images, (3, 2, 1, 0)).astype(np.float32), affine),
+             str(folder / "cine.nii.gz"))
+    return {"cine": folder / "cine.nii.gz",
+            "reference_mask": _write(phantom.masks[0], folder / "ed.nii.gz", tuple(float(s) for s in spacing[::-1]))}
+
+
+def test_track_a_cine_and_play_it(watched, server, cine):
+    watched.open("cine")
+    page = watched.page
+    for role, path in cine.items():
+        page.set_input_files(f"#cine-form input[name={role}]", str(path))
+    page.fill("#cine-form input[name=refine_steps]", "0")
+    page.fill("#cine-form input[name=labels]", LABELS)
+    page.click("#cine-form button[type=submit]")
+    page.wait_for_selector("#cine-viewer[data-ready=true]", timeout=120_000)
+    job_id = page.get_attribute("#cine-result", "data-job")
+    report = server.api.get(f"/v1/cine-registrations/{job_id}/report").json()
+    drawn = watched.canvas("#cine-viewer canvas")
+    assert drawn["lit"] > 0.3 and drawn["coloured"] > 50, drawn  # the frame, with the carried mask's outlines
+    ef = page.locator("#cine-summary dd[data-value]")
+    assert float(ef.get_attribute("data-value")) == report["lv"]["ef_pct"]
+    assert int(page.get_attribute("#volume-chart", "data-points")) == 2 * report["frames"]  # LV and myocardium
+    page.focus("#cine-viewer")
+    page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#cine-viewer", "data-frame") == "1"
+    page.fill("#frame", str(report["lv"]["es_frame"]))
+    assert page.get_attribute("#cine-viewer", "data-frame") == str(report["lv"]["es_frame"])
+    assert watched.canvas("#cine-viewer canvas")["hash"] != drawn["hash"], "another frame, the same picture"
+    page.click("#play")
+    page.wait_for_function("(es) => document.querySelector('#cine-viewer').dataset.frame !== String(es)",
+                           arg=report["lv"]["es_frame"], timeout=10_000)
+    page.click("#play")  # pause
+    watched.shot("cine")
+    watched.assert_clean()
+
+
+def test_train_watch_the_curves_and_cancel(watched, server, dataset_zip, tmp_path):
+    archive = tmp_path / "study.zip"
+    archive.write_bytes(dataset_zip)
+    watched.open("training")
+    page = watched.page
+    page.set_input_files("#dataset-form input[name=file]", str(archive))
+    page.click("#dataset-form button[type=submit]")
+    page.wait_for_selector("#training-form select[name=dataset_id] option[value]:not([value=''])", state="attached")
+    page.fill("#training-form input[name=model_name]", "browser")
+    page.click("#training-form summary:has-text('hyperparameters')")
+    # Long enough to be cancelled while it runs: 0 + 1000 epochs of 5 updates of 2 pairs of 32 px.
+    for name, value in {"warmup_epochs": "0", "epochs": "1000", "steps_per_epoch": "5", "batch_size": "2",
+                        "crop": ""}.items():
+        page.fill(f"#training-form input[name='hyperparameters.{name}']", value)
+    page.click("#training-form button[type=submit]")
+    page.wait_for_function("() => Number(document.querySelector('#chart-losses').dataset.points || 0) >= 4",
+                           timeout=180_000)  # the curves grow from the server-sent events
+    job_id = page.url.rsplit("/", 1)[-1]
+    job = server.api.get(f"/v1/training-jobs/{job_id}").json()
+    assert job["status"] == "running" and job["hyperparameters"]["crop"] is None, job
+    watched.shot("training")
+    page.click("#cancel")
+    page.wait_for_function("() => document.querySelector('#training-status').textContent.startsWith('cancelled')",
+                           timeout=60_000)
+    assert server.api.get(f"/v1/training-jobs/{job_id}").json()["status"] == "cancelled"
+    watched.assert_clean()
+
+
+def test_promote_a_model_version(watched, server):
+    watched.open("models")
+    page = watched.page
+    page.wait_for_selector("[data-model=starter] tr[data-ref='starter:1']")
+    page.fill("[data-model=starter] tr[data-ref='starter:1'] input[name=stage]", "staging")
+    page.click("[data-model=starter] tr[data-ref='starter:1'] button")
+    page.wait_for_selector("text=starter staging → version 1")
+    assert server.api.get("/v1/models/starter").json()["stages"] == {"production": 1, "staging": 1}
+    page.wait_for_selector("[data-model=starter] tr[data-ref='starter:1'] .stages .badge.staging")
+    watched.shot("models")
+    watched.assert_clean()
+
+
+def test_jobs_lists_what_ran(watched, server):
+    watched.open("jobs")
+    page = watched.page
+    page.wait_for_selector("text=Trainings (")
+    for kind, path in (("register", "registrations"), ("cine", "cine-registrations"), ("training", "training-jobs")):
+        listed = server.api.get(f"/v1/{path}").json()["data"]
+        shown = page.eval_on_selector_all(f"table[data-kind={kind}] tbody tr",
+                                          "rows => rows.map(r => [r.dataset.id, r.dataset.status])")
+        assert shown == [[job["id"], job["status"]] for job in listed[:20]]
+    watched.shot("jobs")
     watched.assert_clean()

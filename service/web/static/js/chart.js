@@ -72,7 +72,7 @@ function axes(g, box, { x0, x1, y0, y1, px, py, xLabel }) {
   g.lineWidth = 1;
   g.fillStyle = "#5a6270";
   g.strokeRect(box.left, box.top, box.right - box.left, box.bottom - box.top);
-  const ys = niceStep(y1 - y0, 4);
+  const ys = niceStep(y1 - y0, 6);
   for (let y = Math.ceil(y0 / ys) * ys; y <= y1 + 1e-12; y += ys) {
     g.fillText(String(label(y)), 4, py(y) + 4);
     g.beginPath(); g.moveTo(box.left - 3, py(y)); g.lineTo(box.left, py(y)); g.stroke();

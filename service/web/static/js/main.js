@@ -49,6 +49,7 @@ function setUpKey() {
     apiKey.set(input.value.trim());
     announce(input.value.trim() ? "API key set for this tab" : "API key cleared");
     route(); // reload the page's data with the key
+    root.focus();
   });
   form.hidden = !keysOn(); // a 401 later shows it too
 }

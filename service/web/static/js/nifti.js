@@ -67,3 +67,4 @@ function swapped(bytes, type) {
   for (let i = 0; i < out.length; i++) out[i] = view[name](i * type.BYTES_PER_ELEMENT, false);
   return out;
 }
+

@@ -50,28 +50,22 @@ export function voxelShift(field) {
 }
 
 /**
- * The deformation grid: 1 where a line of a regular grid of the moving image, pulled back through
- * the field, crosses the voxel (p + u(p) changes grid cell towards the next voxel), else 0.
+ * The deformation grid as lines, the way preview.png draws it: every `step` voxels a row and a column
+ * of the fixed grid, each point p moved to p + u(p) (in-plane, voxels). Returns, per slice z, a list
+ * of polylines of [x, y] voxel positions.
  */
-export function deformedGrid({ dx, dy, X, Y, Z }, step = Math.max(3, Math.round(Math.max(X, Y) / 14))) {
-  const out = new Float32Array(X * Y * Z);
-  const cellX = (i, x) => Math.floor((x + dx[i]) / step);
-  const cellY = (i, y) => Math.floor((y + dy[i]) / step);
-  for (let z = 0; z < Z; z++) {
-    for (let y = 0; y < Y; y++) {
-      for (let x = 0; x < X; x++) {
-        const i = x + X * (y + Y * z);
-        const right = x + 1 < X ? i + 1 : -1;
-        const down = y + 1 < Y ? i + X : -1;
-        const cx = cellX(i, x);
-        const cy = cellY(i, y);
-        const crosses = (right >= 0 && (cellX(right, x + 1) !== cx || cellY(right, y) !== cy)) ||
-          (down >= 0 && (cellX(down, x) !== cx || cellY(down, y + 1) !== cy));
-        if (crosses) out[i] = 1;
-      }
-    }
-  }
-  return out;
+export function gridLines({ dx, dy, X, Y, Z }, step = Math.max(3, Math.round(Math.max(X, Y) / 16))) {
+  const moved = (x, y, z) => {
+    const i = x + X * (y + Y * z);
+    return [x + dx[i], y + dy[i]];
+  };
+  const start = (n) => Math.round(((n - 1) % step) / 2); // centre the lattice in the image
+  return Array.from({ length: Z }, (_, z) => {
+    const lines = [];
+    for (let y = start(Y); y < Y; y += step) lines.push(Array.from({ length: X }, (_, x) => moved(x, y, z)));
+    for (let x = start(X); x < X; x += step) lines.push(Array.from({ length: Y }, (_, y) => moved(x, y, z)));
+    return lines;
+  });
 }
 
 /** log2 of the Jacobian determinant (0: volume kept); folding (J <= 0) is shown as strongest compression. */

@@ -3,14 +3,26 @@
 // and per slice; a link to every output. Everything comes from the public API, except the fixed
 // image and the masks the user picked (the API does not serve inputs back).
 
-import { bytes, request } from "./api.js";
+import { bytes, getJson, request } from "./api.js";
 import { readNifti } from "./nifti.js";
-import { deformedGrid, labelColour, labelColourMap, logJacobian, outline, voxelShift } from "./overlays.js";
+import { gridLines, labelColour, labelColourMap, logJacobian, outline, voxelShift } from "./overlays.js";
 import { diceTable, labelNames, sliceTable } from "./report.js";
 import { downloads, errorText, fmt, h } from "./ui.js";
 import { SliceView } from "./viewer.js";
 
 const url = (job, role) => job.outputs[role]?.url;
+const GRID_COLOUR = "rgba(255, 236, 60, 0.9)";
+
+/** A painter of slice z's grid lines (voxel positions) on the vector layer over the image. */
+const paintGrid = (lines) => (g, toCanvas, z) => {
+  g.strokeStyle = GRID_COLOUR;
+  g.lineWidth = Math.max(1, window.devicePixelRatio || 1);
+  for (const line of lines[z] || []) {
+    g.beginPath();
+    line.forEach(([x, y], i) => (i ? g.lineTo(...toCanvas(x, y)) : g.moveTo(...toCanvas(x, y))));
+    g.stroke();
+  }
+};
 
 function maxLabel(labels) {
   let max = 1;
@@ -51,9 +63,11 @@ async function layers(view, job, local) {
   const jacobian = await view.image(await bytes(url(job, "jacobian")), "jacobian.nii.gz");
   overlays.jacobian = view.derived(jacobian, logJacobian(jacobian.img),
     { colormap: "warm", negative: "winter", cal_min: 0.05, cal_max: 1 });
-  const field = await readNifti(await bytes(url(job, "displacement")));
-  overlays.grid = view.derived(jacobian, deformedGrid(voxelShift(field)), { colormap: "gold", cal_min: 0.5, cal_max: 1 });
-  return { background, overlays, note };
+  const grid = gridLines(voxelShift(await readNifti(await bytes(url(job, "displacement")))));
+  // Drawn in this order: the warped (or moving) mask's outlines stay on top of the reference's.
+  const ordered = Object.fromEntries(["jacobian", "reference", "before", "after"]
+    .filter((name) => overlays[name]).map((name) => [name, overlays[name]]));
+  return { background, overlays: ordered, note, grid };
 }
 
 function radios(name, legend, options, onChange) {
@@ -99,7 +113,7 @@ function controls(view, state, overlays, apply) {
 async function interactive(box, job, local, side) {
   const view = await SliceView.create(box, "fixed image with the registration's overlays");
   if (!view) return null;
-  const { background, overlays, note } = await layers(view, job, local);
+  const { background, overlays, note, grid } = await layers(view, job, local);
   view.setVolumes(background, overlays);
   const state = { mask: overlays.after ? "after" : "before", overlay: "none", opacity: 1, reference: false };
   const rows = sliceTable(job.report, side.sliceTable);
@@ -107,7 +121,7 @@ async function interactive(box, job, local, side) {
     view.setLayer("after", state.mask === "after" ? state.opacity : 0);
     view.setLayer("before", state.mask === "before" ? state.opacity : 0);
     view.setLayer("reference", state.reference ? state.opacity : 0);
-    view.setLayer("grid", state.overlay === "grid" ? 1 : 0);
+    view.vector = state.overlay === "grid" ? paintGrid(grid) : null;
     view.setLayer("jacobian", state.overlay === "jacobian" ? 0.6 : 0);
     view.nv.drawScene();
   };
@@ -141,7 +155,17 @@ function keys(event, view, state) {
   event.preventDefault();
 }
 
+/** The job once its preview.png is listed: the worker adds it just after the job succeeded. */
+async function withPreview(job, tries = 40) {
+  for (let n = 0; n < tries && !job.outputs.preview; n++) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    job = await getJson(job.url);
+  }
+  return job;
+}
+
 async function preview(box, job) {
+  job = await withPreview(job);
   const blob = await (await request(url(job, "preview"))).blob();
   box.replaceChildren(h("img", { src: URL.createObjectURL(blob), alt: "the service's preview of the registration" }));
   box.dataset.ready = "preview";
@@ -157,11 +181,13 @@ export async function showRegistration(container, job, local) {
   const box = h("div", { class: "viewer", id: "viewer", tabindex: 0, "aria-label": "Image; arrow keys change the slice" });
   const side = { controls: h("div", { class: "controls" }), sliceTable: h("div", { class: "scroll" }) };
   const r = job.report || {};
+  const links = downloads(job.outputs);
+  withPreview(job).then((later) => links.replaceWith(downloads(later.outputs))).catch(() => {});
   container.replaceChildren(h("h2", {}, "Result"),
     h("p", {}, `model ${job.model_version} · folding ${fmt(r.folding_pct, 3)} % · ${fmt(job.timings_s?.total, 1)} s`),
     h("div", { class: "result" }, box, h("div", {}, side.controls, h("h3", {}, "Dice (%)"), diceTable(r),
       h("h3", {}, "Dice per slice (%)"), side.sliceTable)),
-    h("h3", {}, "Downloads"), downloads(job.outputs),
+    h("h3", {}, "Downloads"), links,
     h("details", {}, h("summary", {}, "report.json"), h("pre", { class: "json" }, JSON.stringify(r, null, 2))));
   let view = null;
   try {

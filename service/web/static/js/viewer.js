@@ -48,6 +48,45 @@ export class SliceView {
     this.slice = 0;
     this.onSlice = null; // called with the slice a wheel or click moved to
     nv.onLocationChange = (location) => this.followLocation(location);
+    // Lines are drawn on a 2-D canvas over the image, not as a volume: NiiVue resamples overlay
+    // volumes onto the background's voxels, where a grid line could be no thinner than a voxel.
+    this.vector = null; // (g, toCanvas, slice) => void
+    this.vectorCanvas = h("canvas", { class: "vector", "aria-hidden": "true" });
+    canvas.after(this.vectorCanvas);
+    const draw = nv.drawScene.bind(nv);
+    nv.drawScene = (...args) => { // every redraw, NiiVue's own (zoom, pan, resize) included
+      const result = draw(...args);
+      this.paintVector();
+      return result;
+    };
+  }
+
+  paintVector() {
+    const out = this.vectorCanvas;
+    [out.width, out.height] = [this.canvas.width, this.canvas.height];
+    const g = out.getContext("2d");
+    g.clearRect(0, 0, out.width, out.height);
+    const toCanvas = this.vector && this.background ? this.voxelToCanvas() : null;
+    if (toCanvas) this.vector(g, toCanvas, this.slice);
+  }
+
+  /** NiiVue's fraction of its RAS-ordered volume for a voxel [x, y, z] of the background's own axes. */
+  fraction(voxel) {
+    const dims = this.background.hdr.dims;
+    return (this.background.permRAS || [1, 2, 3]).map((p) => {
+      const axis = Math.abs(p) - 1;
+      const index = p > 0 ? voxel[axis] : dims[axis + 1] - 1 - voxel[axis];
+      return (index + 0.5) / dims[axis + 1];
+    });
+  }
+
+  /** (x, y) of the slice on screen -> canvas pixels, from three points NiiVue places (the map is affine). */
+  voxelToCanvas() {
+    const [X, Y] = [this.background.hdr.dims[1], this.background.hdr.dims[2]];
+    const at = (x, y) => this.nv.frac2canvasPos(this.fraction([x, y, this.slice]));
+    const [o, ex, ey] = [at(0, 0), at(X - 1, 0), at(0, Y - 1)];
+    if (!o || !ex || !ey || X < 2 || Y < 2) return null;
+    return (x, y) => [0, 1].map((c) => o[c] + (x / (X - 1)) * (ex[c] - o[c]) + (y / (Y - 1)) * (ey[c] - o[c]));
   }
 
   /** An NVImage from file bytes; `options` as NVImage.loadFromUrl's (colormap, opacity, cal_min, ...). */
@@ -72,6 +111,7 @@ export class SliceView {
 
   /** Show `background` and the named overlays (hidden until setLayer), ready at slice 0. */
   setVolumes(background, overlays) {
+    this.background = background;
     this.nv.addVolume(background);
     this.layers.clear();
     for (const [name, image] of Object.entries(overlays)) {

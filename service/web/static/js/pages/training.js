@@ -113,7 +113,7 @@ export function render(root, id) {
   const status = h("p", { class: "status", role: "status" });
   const datasetSelect = h("select", { name: "dataset_id", required: true });
   const form = h("form", { class: "stack", id: "training-form" }, h("p", { class: "note" }, "loading the API schema…"));
-  const liveBox = h("section", { class: "panel", "aria-label": "Progress" }, h("p", { class: "note" }, "Start a job to see its curves."));
+  const liveBox = h("section", { class: "panel sticky", "aria-label": "Progress" }, h("p", { class: "note" }, "Start a job to see its curves."));
   const live = liveView(liveBox);
   root.append(h("h1", {}, "Train a model"), h("div", { class: "layout wide" },
     h("div", { class: "stack" },
