@@ -294,9 +294,11 @@ def test_register_a_pair_and_look_at_it_slice_by_slice(watched, server, stack):
     assert watched.canvas("#viewer canvas.vector")["coloured"] == 0
     page.check("input[name=overlay][value=grid]")
     assert watched.canvas("#viewer canvas.vector")["coloured"] > 500  # yellow lines
+    page.check("#reference")
+    assert watched.canvas("#viewer canvas")["hash"] != after["hash"]  # the fixed mask's white outlines
+    page.uncheck("#reference")
     page.check("input[name=mask][value=after]")
     page.check("input[name=overlay][value=grid]")
-    page.check("#reference")
     page.fill("#slice", "2")
     page.wait_for_selector("ul.downloads a[download='preview.png']")  # drawn just after the job succeeded
     files = sorted(o["file"] for o in server.api.get(f"/v1/registrations/{job_id}").json()["outputs"].values())

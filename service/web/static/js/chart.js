@@ -37,7 +37,7 @@ export function drawChart(canvas, series, { title = "", xLabel = "", marker = nu
   g.fillText(title, 8, 15);
   const points = series.flatMap((s) => s.points).filter(([, y]) => Number.isFinite(y));
   canvas.dataset.points = String(points.length);
-  const box = { left: 52, right: width - 10, top: 26, bottom: height - 50 };
+  const box = { left: 52, right: width - 10, top: 26, bottom: height - 60 };
   if (!points.length) {
     g.fillStyle = "#5a6270";
     g.fillText("no data yet", box.left, (box.top + box.bottom) / 2);
@@ -85,12 +85,14 @@ function axes(g, box, { x0, x1, y0, y1, px, py, xLabel }) {
 }
 
 function legend(g, series, box, height) {
-  let x = box.left;
+  let [x, y] = [8, height - 28];
   series.forEach((s, n) => {
+    const width = 24 + g.measureText(s.name).width;
+    if (x > 8 && x + width > box.right + 10) [x, y] = [8, y + 13]; // a second row
     g.fillStyle = s.colour || COLOURS[n % COLOURS.length];
-    g.fillRect(x, height - 16, 10, 10);
+    g.fillRect(x, y, 9, 9);
     g.fillStyle = "#1b1f24";
-    g.fillText(s.name, x + 14, height - 7);
-    x += 24 + g.measureText(s.name).width;
+    g.fillText(s.name, x + 13, y + 9);
+    x += width;
   });
 }
