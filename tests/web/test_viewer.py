@@ -346,7 +346,9 @@ def test_track_a_cine_and_play_it(watched, server, cine):
     assert page.get_attribute("#cine-viewer", "data-frame") == "1"
     page.fill("#frame", str(report["lv"]["es_frame"]))
     assert page.get_attribute("#cine-viewer", "data-frame") == str(report["lv"]["es_frame"])
-    assert watched.canvas("#cine-viewer canvas")["hash"] != drawn["hash"], "another frame, the same picture"
+    systole = watched.canvas("#cine-viewer canvas")
+    assert systole["hash"] != drawn["hash"], "another frame, the same picture"
+    assert systole["coloured"] < drawn["coloured"], (systole, drawn)  # the carried outlines contract too
     page.click("#play")
     page.wait_for_function("(es) => document.querySelector('#cine-viewer').dataset.frame !== String(es)",
                            arg=report["lv"]["es_frame"], timeout=10_000)
@@ -406,4 +408,12 @@ def test_jobs_lists_what_ran(watched, server):
                                           "rows => rows.map(r => [r.dataset.id, r.dataset.status])")
         assert shown == [[job["id"], job["status"]] for job in listed[:20]]
     watched.shot("jobs")
+    # A registration opened from the list: its result on the warped image (the API serves no inputs back).
+    page.click("table[data-kind=register] tbody tr:first-child a")
+    page.wait_for_selector("#viewer[data-ready=true]", timeout=60_000)
+    assert "warped moving image" in page.inner_text("#result")
+    assert watched.canvas("#viewer canvas")["coloured"] > 50
+    page.go_back()
+    page.click("table[data-kind=training] tbody tr:first-child a")
+    page.wait_for_function("() => document.querySelector('#training-status').textContent.startsWith('cancelled')")
     watched.assert_clean()

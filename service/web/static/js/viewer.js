@@ -98,6 +98,7 @@ export class SliceView {
   derived(base, data, { colormap = "gray", labels = null, cal_min, cal_max, negative } = {}) {
     const image = base.clone();
     image.img = data;
+    [image.nFrame4D, image.frame4D] = [base.nFrame4D || 1, 0]; // clone() drops them: a 4-D layer must keep its frames
     image.hdr.datatypeCode = { Float32Array: 16, Uint8Array: 2, Int16Array: 4 }[data.constructor.name] ?? 16;
     image.hdr.scl_slope = 1;
     image.hdr.scl_inter = 0;

@@ -32,9 +32,11 @@ export function render(root) {
   const status = h("p", { class: "status", role: "status" });
   const sections = KINDS.map((kind) => h("section", { class: "panel", "aria-label": kind.title }, h("h2", {}, kind.title)));
   let timer = null;
+  let stopped = false;
   const refresh = async () => {
     try {
       const lists = await Promise.all(KINDS.map((kind) => getJson(`${kind.path}?limit=20`)));
+      if (stopped) return; // the user left the page while the lists were on their way
       lists.forEach((list, n) => sections[n].replaceChildren(h("h2", {}, `${KINDS[n].title} (${list.count})`), table(KINDS[n], list.data)));
       const active = lists.some((list) => list.data.some((job) => !FINISHED.has(job.status)));
       if (active) timer = setTimeout(refresh, 3000);
@@ -46,5 +48,8 @@ export function render(root) {
     h("button", { type: "button", class: "secondary", onclick: () => { clearTimeout(timer); refresh(); } }, "Refresh")),
   status, h("div", { class: "cards" }, sections));
   refresh();
-  return () => clearTimeout(timer);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
 }
