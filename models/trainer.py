@@ -23,6 +23,10 @@ whether there is a scoring network and whether there is an auxiliary network. Ep
 Label-assisted training (``supervision="labels"``) adds an extra term to every displacement update
 of every method (``models.objectives.ExtraTerm``): the training masks travel with the sampled pairs,
 and only the displacement objective reads them. Defaults live in ``models.defaults``.
+
+In a torch.distributed process group (:mod:`models.training.distributed`) the same loop is one rank
+of a data-parallel run: each rank draws its share of every update and trains DDP-wrapped networks;
+rank 0 alone validates, checkpoints, writes and reports.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from models.objectives import METHODS, SUPERVISION_TERMS, ExtraTerm, Method
 from models.training.card import model_card, typical_spacing
 from models.training.config import TrainConfig, check_resumable
 from models.training.data import Batch, sample_micro_batches, stack_masks, supervision_labels
+from models.training.distributed import Group, StopRequested, unwrap
 from models.training.schedule import (
     PHASE_ALTERNATING,
     PHASE_DISPLACEMENT,
@@ -118,6 +123,12 @@ class _Networks:
             nets.auxiliary_optimizer = torch.optim.Adam(nets.auxiliary.parameters(), lr=cfg.auxiliary_lr or cfg.lr)
         return nets
 
+    def wrapped(self, group: Group) -> _Networks:
+        """The same networks and optimisers, each network in DDP when ``group`` spans processes (for the
+        updates alone: validation, pictures and checkpoints read the bare modules of ``self``)."""
+        return replace(self, estimator=group.wrap(self.estimator), scorer=group.wrap(self.scorer),
+                       auxiliary=group.wrap(self.auxiliary))
+
     def _by_key(self) -> list[tuple[str, torch.nn.Module | torch.optim.Optimizer | None]]:
         # The checkpoint's keys: a stored format. "opt_de" and "opt_se" (the displacement estimator's and
         # the scoring network's optimisers) are the names every checkpoint so far was written with.
@@ -152,22 +163,39 @@ class _Loop:
 @dataclass
 class _TrainingSet:
     """The training pairs in memory, ``(N, 1, *spatial)``, the seeded generator that draws from them,
-    and the device the drawn micro-batches go to."""
+    the device the drawn micro-batches go to, and this process's share of each draw (rank, world size)."""
 
     moving: torch.Tensor
     fixed: torch.Tensor
     masks: tuple[torch.Tensor, torch.Tensor] | None
     sampler: torch.Generator
     device: torch.device
+    shard: tuple[int, int] = (0, 1)
 
     def draw(self, cfg: TrainConfig) -> list[Batch]:
-        return sample_micro_batches(self.sampler, self.moving, self.fixed, cfg, self.device, self.masks)
+        return sample_micro_batches(self.sampler, self.moving, self.fixed, cfg, self.device, self.masks, self.shard)
 
 
-def _resume(ckpt_dir: Path, cfg: TrainConfig, nets: _Networks, data: _TrainingSet) -> _Loop:
+def _build(cfg: TrainConfig, group: Group, images: tuple[torch.Tensor, torch.Tensor],
+           masks: tuple[torch.Tensor, torch.Tensor] | None, ckpt_dir: Path) -> tuple[_Networks, _TrainingSet, _Loop]:
+    """The method's networks and optimisers, the sampler and the loop state, all seeded (identically
+    on every rank), then resumed from the last checkpoint when there is one."""
+    if cfg.batch_size % group.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {group.world_size} processes")
+    device = group.device(torch.device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    nets = _Networks.build(cfg, METHODS[cfg.method], device)
+    data = _TrainingSet(*images, masks, torch.Generator().manual_seed(cfg.seed), device, (group.rank, group.world_size))
+    loop = _resume(ckpt_dir, cfg, nets, data, group)
+    group.seed(cfg.seed, loop.epoch)
+    return nets, data, loop
+
+
+def _resume(ckpt_dir: Path, cfg: TrainConfig, nets: _Networks, data: _TrainingSet, group: Group) -> _Loop:
     """The loop state of the last checkpoint, with networks, optimisers and generators restored from it;
-    a fresh start when there is none. A checkpoint of another run's settings is refused."""
-    state = load_checkpoint(ckpt_dir)
+    a fresh start when there is none. A checkpoint of another run's settings is refused. Across
+    processes rank 0 reads it and sends it to the others."""
+    state = group.broadcast(load_checkpoint(ckpt_dir) if group.is_main else None)
     if state is None:
         return _Loop()
     check_resumable(state["train_config"], cfg)
@@ -183,19 +211,32 @@ def _checkpoint(cfg: TrainConfig, loop: _Loop, nets: _Networks, data: _TrainingS
 
 @dataclass
 class _Reporter:
-    """Sends :class:`ProgressEvent` to the caller's callback (if any), timed from the run's first epoch."""
+    """Sends :class:`ProgressEvent` to the caller's callback (if any), timed from the run's first epoch.
+
+    Across processes only rank 0 has a callback; every rank calls this at the same points and learns
+    there whether rank 0's callback raised (a cancellation), so that all stop after the same update.
+    """
 
     callback: Callable[[ProgressEvent], None] | None
     cfg: TrainConfig
     n_epochs: int
     wall_start: float
+    group: Group = field(default_factory=Group)
+    stopped: Exception | None = None
 
     def __call__(self, kind: str, phase: str, epoch: int, step: int, loop: _Loop, losses: dict[str, float],
                  val: dict[str, float], warnings: list[str]) -> None:
         if self.callback is not None:
-            self.callback(ProgressEvent(kind, phase, epoch, self.n_epochs, step, self.cfg.steps_per_epoch,
-                                        loop.global_step, self.n_epochs * self.cfg.steps_per_epoch, loop.m_t,
-                                        losses, val, elapsed_s=self.elapsed_s(), warnings=list(warnings)))
+            try:
+                self.callback(ProgressEvent(kind, phase, epoch, self.n_epochs, step, self.cfg.steps_per_epoch,
+                                            loop.global_step, self.n_epochs * self.cfg.steps_per_epoch, loop.m_t,
+                                            losses, val, elapsed_s=self.elapsed_s(), warnings=list(warnings)))
+            except Exception as error:
+                if self.group.world_size == 1:
+                    raise
+                self.stopped = error
+        if self.group.any(self.stopped is not None):
+            raise self.stopped or StopRequested(f"rank 0 stopped training after update {loop.global_step}")
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.wall_start
@@ -203,7 +244,10 @@ class _Reporter:
 
 def _run_epoch(epoch: int, phase: str, cfg: TrainConfig, nets: _Networks, data: _TrainingSet,
                extras: Sequence[ExtraTerm], loop: _Loop, report: _Reporter) -> tuple[list[dict], list[float], list]:
-    """The epoch's updates: per update, the logs; the epoch's ``μ`` samples; the ``(step, μ, m_t)`` trace."""
+    """The epoch's updates: per update, the logs; the epoch's ``μ`` samples; the ``(step, μ, m_t)`` trace.
+
+    ``nets`` are the networks as trained (in DDP across processes); each update's logs are averaged
+    over the processes, so that every rank moves ``m_t`` alike."""
     step_logs, mu_samples, trace = [], [], []
     warnings = loop.warnings
     for step in range(cfg.steps_per_epoch):
@@ -214,14 +258,16 @@ def _run_epoch(epoch: int, phase: str, cfg: TrainConfig, nets: _Networks, data: 
                                cfg.lr_schedule)
             for group in nets.estimator_optimizer.param_groups:
                 group["lr"] = cfg.lr * factor
-            use_scores = nets.scorer if phase == PHASE_ALTERNATING else None
-            logs.update(displacement_update(nets.estimator, use_scores, nets.estimator_optimizer, micro, cfg,
-                                            nets.auxiliary, nets.auxiliary_optimizer, extras))
+            use_scores = unwrap(nets.scorer) if phase == PHASE_ALTERNATING else None
+            logs.update(report.group.mean(displacement_update(nets.estimator, use_scores, nets.estimator_optimizer,
+                                                              micro, cfg, nets.auxiliary, nets.auxiliary_optimizer,
+                                                              extras)))
             # Eqs. 5-7: μ_t is the epoch's running mean; m_t moves after every displacement update.
             mu_samples.append(logs["mu_sample"])
             loop.m_t = momentum_update(loop.m_t, float(np.mean(mu_samples)), epoch, cfg.kappa, cfg.beta)
         if phase in (PHASE_WARMUP_SCORING, PHASE_ALTERNATING):
-            logs.update(scoring_update(nets.estimator, nets.scorer, nets.scorer_optimizer, micro, loop.m_t, cfg))
+            logs.update(report.group.mean(scoring_update(unwrap(nets.estimator), nets.scorer, nets.scorer_optimizer,
+                                                         micro, loop.m_t, cfg)))
         loop.global_step += 1
         step_logs.append(logs)
         trace.append({"step": loop.global_step, "mu": float(np.mean(mu_samples)) if mu_samples else None,
@@ -251,8 +297,13 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
     ``out_dir/checkpoints/last.pt`` is resumed from when present. ``callback`` receives a
     :class:`ProgressEvent` after every update and every epoch; an exception it raises (a
     cancellation, say) stops training after the last completed checkpoint. ``cfg`` is not changed.
+
+    In a process group (:mod:`models.training.distributed`: ``launch`` or torchrun), this is one rank
+    of a data-parallel run: each rank takes ``batch_size / world_size`` pairs of every update, and
+    rank 0 alone validates and writes (others may pass no validation pairs and no callback).
     """
     cfg.validate()
+    group = Group.current()
     out_dir, ckpt_dir = Path(out_dir), Path(out_dir) / "checkpoints"
     labels = supervision_labels(cfg, train_pairs)  # refuses a label-assisted run without masks, up front
     extras = SUPERVISION_TERMS[cfg.supervision](cfg.label_weight, labels)
@@ -260,21 +311,19 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
     masks_all = stack_masks(train_pairs) if extras else None
     # The run's own copy, which knows the data's dimension: the caller's config stays as it was given.
     cfg = replace(cfg, estimator=replace(cfg.estimator, ndim=moving_all.dim() - 2))
-    val = validation_set(val_pairs, cfg)
+    val = validation_set(val_pairs, cfg) if group.is_main else None
     identity = identity_dice(val, label) if val is not None else None
 
-    # Build: the method's networks and their optimisers, the sampler; everything seeded.
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    nets = _Networks.build(cfg, METHODS[cfg.method], device)
-    data = _TrainingSet(moving_all, fixed_all, masks_all, torch.Generator().manual_seed(cfg.seed), device)
-    loop = _resume(ckpt_dir, cfg, nets, data)
+    # Build: the method's networks and their optimisers, the sampler; everything seeded. The updates
+    # go through `trained` (DDP across processes); validation and checkpoints read the bare `nets`.
+    nets, data, loop = _build(cfg, group, (moving_all, fixed_all), masks_all, ckpt_dir)
+    trained = nets.wrapped(group)
 
     n_epochs = total_epochs(cfg)
-    report = _Reporter(callback, cfg, n_epochs, time.perf_counter() - sum(h["time_s"] for h in loop.history))
+    report = _Reporter(callback, cfg, n_epochs, time.perf_counter() - sum(h["time_s"] for h in loop.history), group)
     for epoch in range(loop.epoch, n_epochs):
         phase, epoch_start = phase_of_epoch(epoch, cfg), time.perf_counter()
-        step_logs, mu_samples, trace = _run_epoch(epoch, phase, cfg, nets, data, extras, loop, report)
+        step_logs, mu_samples, trace = _run_epoch(epoch, phase, cfg, trained, data, extras, loop, report)
 
         # Evaluate, log, checkpoint: in this order, so a checkpoint always holds its epoch's history.
         val_metrics = validate(nets.estimator, val, label)
@@ -282,27 +331,31 @@ def train(cfg: TrainConfig, train_pairs: Sequence[PairSample], out_dir: str | Pa
         loop.history.append(_epoch_record(epoch, phase, cfg, loop, step_logs, mu_samples, trace, val_metrics,
                                           new_warnings, time.perf_counter() - epoch_start))
         loop.epoch = epoch + 1
-        save_checkpoint(ckpt_dir, _checkpoint(cfg, loop, nets, data),
-                        {"epoch": loop.epoch, "total_epochs": n_epochs, "global_step": loop.global_step,
-                         "m_t": loop.m_t, "phase": phase, **val_metrics})
-        write_json_atomic(out_dir / "history.json", {"config": cfg.to_dict(), "epochs": loop.history})
-        if cfg.picture_every and (epoch + 1) % cfg.picture_every == 0:
-            _write_pictures(out_dir, epoch, loop.history, nets, val, data, cfg, identity)
+        if group.is_main:
+            save_checkpoint(ckpt_dir, _checkpoint(cfg, loop, nets, data),
+                            {"epoch": loop.epoch, "total_epochs": n_epochs, "global_step": loop.global_step,
+                             "m_t": loop.m_t, "phase": phase, **val_metrics})
+            write_json_atomic(out_dir / "history.json", {"config": cfg.to_dict(), "epochs": loop.history})
+            if cfg.picture_every and (epoch + 1) % cfg.picture_every == 0:
+                _write_pictures(out_dir, epoch, loop.history, nets, val, data, cfg, identity)
         report("epoch", phase, epoch, cfg.steps_per_epoch, loop, _epoch_means(step_logs), val_metrics,
                loop.warnings)
 
-    _save_model(out_dir, cfg, nets.estimator, loop.history, data_description, train_pairs, report.elapsed_s(),
-                labels, identity, tuple(moving_all.shape[2:]))
+    if group.is_main:
+        _save_model(out_dir, cfg, nets.estimator, loop.history, data_description, train_pairs, report.elapsed_s(),
+                    labels, identity, tuple(moving_all.shape[2:]), group.world_size)
     return TrainResult(estimator=nets.estimator, history=loop.history, out_dir=out_dir)
 
 
 def _save_model(out_dir: Path, cfg: TrainConfig, estimator: DisplacementEstimator, history: list[dict],
                 data_description: dict | None, train_pairs: Sequence[PairSample], wall_s: float,
-                labels: tuple[int, ...], identity: float | None, train_shape: tuple[int, ...]) -> None:
+                labels: tuple[int, ...], identity: float | None, train_shape: tuple[int, ...],
+                processes: int = 1) -> None:
     """The artifact: the estimator alone (never the scoring or auxiliary network) and its model card."""
     from models.artifact import save_artifact
 
     card = model_card(cfg, METHODS[cfg.method], history, data_description, train_pairs, wall_s, labels)
+    card["training"]["processes"] = processes  # the wall time's meaning: one process per device
     if identity is not None:
         card["validation"]["val_dice_identity"] = identity
     save_artifact(out_dir / "model", estimator.cpu(), cfg.estimator, cfg.intensity, card,

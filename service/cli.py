@@ -88,6 +88,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--picture-every", type=int, default=0, help="write Fig. 4/5 PNGs every N epochs (0: never)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    t.add_argument("--devices", type=int, default=1,
+                   help="processes to train with under torch.distributed, one per GPU (on the CPU, gloo "
+                        "processes); each takes batch-size/N pairs of every update. Under torchrun leave it at 1 "
+                        "(README: Training across GPUs) (default: %(default)s)")
     t.add_argument("--out", required=True, type=Path, help="run directory (rerun with the same --out to resume)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -178,9 +182,12 @@ def _default_val_spec(spec: str) -> str | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from models.data.spec import describe_spec, load_pairs
     from models.networks.estimator import EstimatorConfig
-    from models.trainer import TrainConfig, train
+    from models.trainer import TrainConfig
+    from models.training.distributed import check_devices, launched_by_torchrun, train_on_devices
 
     micro = args.micro_batch_size or default_micro_batch_size(args.batch_size)
     cfg = TrainConfig(method=args.method, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
@@ -194,6 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       estimator=EstimatorConfig(arch=args.arch, enc=args.enc, dec=args.dec, int_steps=args.int_steps,
                                                 options=dict(args.arch_options)))
     cfg.validate()
+    if not launched_by_torchrun():
+        check_devices(args.devices, cfg.batch_size, cfg.device)
     train_pairs = load_pairs(args.data)
     val_spec = args.val_data if args.val_data is not None else _default_val_spec(args.data)
     val_pairs = load_pairs(val_spec) if val_spec and val_spec != "none" else None
@@ -202,9 +211,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = _ProgressBar(disable=args.quiet)
     data = {"train": describe_spec(args.data), "val": describe_spec(val_spec) if val_pairs else None}
     try:
-        result = train(cfg, train_pairs, args.out, val_pairs=val_pairs, callback=progress, data_description=data)
+        result = train_on_devices(args.devices, cfg, train_pairs, args.out, val_pairs=val_pairs, callback=progress,
+                                  data_description=data)
     finally:
         progress.close()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports
+        return 0
     last = result.history[-1] if result.history else {}
     print(json.dumps({"model": str(args.out / "model"), "epochs": len(result.history),
                       "val_dice": last.get("val_dice"), "m_t": last.get("m_t")}))

@@ -243,7 +243,7 @@ def cmd_train_remote(client, args: argparse.Namespace) -> int:
         hyperparameters["crop"] = args.crop
     job = client.train(args.dataset, args.model_name, architecture=args.arch, method=args.method,
                        hyperparameters=hyperparameters or None, val_fraction=args.val_fraction,
-                       architecture_options=dict(args.arch_options) or None)
+                       architecture_options=dict(args.arch_options) or None, devices=args.devices)
     return _queued(client, job, args, args.wait, _wait_training)
 
 
@@ -332,6 +332,8 @@ def _add_train_remote(sub, common: argparse.ArgumentParser) -> None:
     t.add_argument("--method", help="none (vanilla), adacs, nll, beta-nll, adareg, adaframe, adacs-scs-only or "
                                      "adacs-no-tv (default: the server's)")
     t.add_argument("--val-fraction", type=float, help="share of subjects held out for validation")
+    t.add_argument("--devices", type=int, help="processes to train with, one per GPU of the worker's machine "
+                                               "(1 to 8; batch size a multiple) (default: 1)")
     for name, kind in HYPERPARAMETERS:
         t.add_argument(f"--{name.replace('_', '-')}", type=kind, help="(default: the server's)")
     t.add_argument("--no-bidir", action="store_true", help="train one direction only")

@@ -330,16 +330,16 @@ class AdacsClient:
 
     def train(self, dataset_id: str, model_name: str, architecture: str | None = None, method: str | None = None,
               hyperparameters: dict[str, Any] | None = None, val_fraction: float | None = None,
-              architecture_options: dict[str, Any] | None = None) -> Job:
-        """Queue a training of ``model_name`` on a dataset; hyperparameters left out take the server's defaults."""
+              architecture_options: dict[str, Any] | None = None, devices: int | None = None) -> Job:
+        """Queue a training of ``model_name`` on a dataset; hyperparameters left out take the server's defaults
+        (``devices``: processes, one per GPU of the worker's machine; default 1)."""
         body: dict[str, Any] = {"dataset_id": dataset_id, "model_name": model_name}
-        body |= {key: value for key, value in (("architecture", architecture), ("method", method)) if value is not None}
+        optional = {"architecture": architecture, "method": method, "val_fraction": val_fraction, "devices": devices}
+        body |= {key: value for key, value in optional.items() if value is not None}
         if architecture_options:
             body["architecture_options"] = architecture_options
         if hyperparameters:
             body["hyperparameters"] = hyperparameters
-        if val_fraction is not None:
-            body["val_fraction"] = val_fraction
         return self._json("POST", "/v1/training-jobs", json=body)
 
     def list_training_jobs(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:

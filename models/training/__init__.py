@@ -6,5 +6,6 @@
 - :mod:`~models.training.data`: the training set in memory and the seeded draw of micro-batches;
 - :mod:`~models.training.steps`: the two optimiser updates of Algorithm 1;
 - :mod:`~models.training.validation`: validation Dice, the identity's floor, the warm-up's warning;
-- :mod:`~models.training.card`: the model card a finished run writes.
+- :mod:`~models.training.card`: the model card a finished run writes;
+- :mod:`~models.training.distributed`: one run across processes (DDP, torchrun's convention).
 """

@@ -7,6 +7,7 @@ a resumed run draws what an uninterrupted one would.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -34,15 +35,25 @@ class Batch(NamedTuple):
 
 
 def sample_micro_batches(generator: torch.Generator, moving: torch.Tensor, fixed: torch.Tensor, cfg: TrainConfig,
-                         device: torch.device, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Batch]:
+                         device: torch.device, masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         shard: tuple[int, int] = (0, 1)) -> list[Batch]:
     """Draw one update's micro-batches (with replacement) from the seeded sampler.
 
     ``masks`` (label-assisted training) are indexed with the images' draws, so the draws, and a run
     without masks, are exactly those of a run that never had them.
+
+    ``shard = (rank, world_size)`` across processes: every rank draws the whole update from its copy
+    of the generator (all in the same state) and keeps its ``batch_size / world_size`` pairs, cut into
+    micro-batches of ``gcd(batch_size / world_size, micro_batch_size)`` pairs. When ``world_size``
+    divides ``accum_steps`` these are exactly the one-process micro-batches, rank r's the r-th run of
+    them, so N processes compute the same micro-batch losses one process does.
     """
+    rank, world_size = shard
+    draws = torch.cat([torch.randint(moving.shape[0], (cfg.micro_batch_size,), generator=generator)
+                       for _ in range(cfg.accum_steps)])
+    share = cfg.batch_size // world_size
     out = []
-    for _ in range(cfg.accum_steps):
-        idx = torch.randint(moving.shape[0], (cfg.micro_batch_size,), generator=generator)
+    for idx in draws[rank * share:(rank + 1) * share].split(math.gcd(share, cfg.micro_batch_size)):
         label_maps = (masks[0][idx].to(device), masks[1][idx].to(device)) if masks is not None else (None, None)
         out.append(Batch(moving[idx].to(device), fixed[idx].to(device), *label_maps))
     return out

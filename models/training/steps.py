@@ -2,7 +2,9 @@
 the scoring network ``g_ϕ``, each accumulated over the update's micro-batches.
 
 The method (``models.objectives.METHODS``) supplies the parts of the objective; an update knows only
-whether there is a scoring network and whether there is an auxiliary network.
+whether there is a scoring network and whether there is an auxiliary network. Across processes
+(:mod:`models.training.distributed`), the network an update differentiates comes wrapped in DDP and
+each process passes its share of the update's micro-batches; the others come bare.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from models.objectives import (
 )
 from models.training.config import TrainConfig
 from models.training.data import Batch
+from models.training.distributed import sync_gradients
 
 __all__ = ["displacement_update", "scoring_update"]
 
@@ -46,7 +49,9 @@ def displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | N
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     logs = {"loss_de": 0.0, "data": 0.0, "smooth": 0.0}
-    for batch in map(_as_batch, micro):
+    for i, batch in enumerate(map(_as_batch, micro)):
+        for net in (estimator, auxiliary):  # across processes: gradients are averaged at the last micro-batch
+            sync_gradients(net, i == len(micro) - 1)
         moving, fixed = batch.moving, batch.fixed
         deformation = estimator(moving, fixed)
         dirs = directions(moving, fixed, deformation, cfg.bidir, batch.masks)
@@ -92,7 +97,8 @@ def scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimiz
     terms = METHODS[cfg.method].scoring
     optimizer.zero_grad(set_to_none=True)
     logs = {"loss_se": 0.0, "scs": 0.0, "reg": 0.0, "tv": 0.0, "score_mean": 0.0}
-    for batch in map(_as_batch, micro):
+    for i, batch in enumerate(map(_as_batch, micro)):
+        sync_gradients(scorer, i == len(micro) - 1)
         moving, fixed = batch.moving, batch.fixed
         # sg[r]: no graph through f_θ, so no gradient can reach θ
         with torch.no_grad(), eval_mode(estimator):

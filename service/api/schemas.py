@@ -20,6 +20,7 @@ from models.defaults import (
     check_labels,
     check_supervision,
 )
+from service.jobs.training import MAX_DEVICES
 
 __all__ = ["ErrorPublic", "FieldErrorPublic", "LivenessPublic", "CheckPublic", "ReadinessPublic", "ModelVersionSummary",
            "ModelVersionPublic", "ModelPublic", "ModelDetailPublic", "ModelsPublic", "PromotionCreate",
@@ -291,6 +292,11 @@ class TrainingJobCreate(BaseModel):
     method: str = Field(_D.method, max_length=64, description="none (vanilla, the default), adacs, or a baseline")
     hyperparameters: TrainingHyperparameters = Field(default_factory=TrainingHyperparameters)
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects held out for validation Dice")
+    devices: int = Field(1, ge=1, le=MAX_DEVICES,
+                         description=f"processes to train with, one per GPU of the worker's machine (1 to "
+                                     f"{MAX_DEVICES}; hyperparameters.batch_size must be a multiple): each takes "
+                                     "batch_size / devices pairs of every update, so the model is the one a "
+                                     "single process trains. Past one machine: adacs train under torchrun")
 
     @field_validator("architecture_options")
     @classmethod
@@ -321,6 +327,7 @@ class TrainingJobPublic(BaseModel):
     method: str
     hyperparameters: dict[str, Any]
     val_fraction: float
+    devices: int = Field(1, description="processes (GPUs) it trains with")
     progress: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     attempts: int = 0

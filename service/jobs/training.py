@@ -15,9 +15,12 @@ from pydantic import Field, field_validator
 
 from service.jobs.schema import JobParams, JobResult, ModelVersionRef
 
-__all__ = ["TrainingParams", "TrainingResult"]
+__all__ = ["MAX_DEVICES", "TrainingParams", "TrainingResult"]
 
 NAMES = ("dataset_id", "model_name", "architecture", "method")
+# The most processes (GPUs) one training job may ask of its worker's machine: one node's worth. Past
+# one machine, `adacs train` runs under torchrun (README, "Training across GPUs").
+MAX_DEVICES = 8
 
 
 class TrainingParams(JobParams):
@@ -35,6 +38,8 @@ class TrainingParams(JobParams):
     """``models.trainer.TrainConfig`` fields (and ``crop``); any left out take ``models.defaults``' value."""
     val_fraction: float = Field(0.2, ge=0, lt=1)
     """Share of subjects held out for validation Dice."""
+    devices: int = Field(1, ge=1, le=MAX_DEVICES)
+    """Processes the worker trains with, one per GPU (data-parallel; on a CPU worker, CPU processes)."""
 
     @field_validator("architecture_options", "hyperparameters", mode="before")
     @classmethod
@@ -49,6 +54,8 @@ class TrainingParams(JobParams):
             missing = [name for name in NAMES if not raw.get(name)]
             return f"training params lack {missing}" if missing else \
                 f"training params: {field} is a string, got {raw.get(field)!r}"
+        if field == "devices":
+            return f"training params: devices must be an integer from 1 to {MAX_DEVICES}, got {raw.get(field)!r}"
         return (f"hyperparameters and architecture_options must be objects and 0 <= val_fraction < 1, got "
                 f"{raw.get('hyperparameters')!r}, {raw.get('architecture_options')!r}, {raw.get('val_fraction')!r}")
 
@@ -63,6 +70,8 @@ class TrainingResult(JobResult):
     data: dict[str, Any] = Field(default_factory=dict)
     """What it trained on: dataset id and name, layout, subjects, pairs, shape, val_fraction."""
     device: str | None = None
+    devices: int | None = None
+    """Processes it trained with."""
     attempt: int | None = None
     resumed_from_epoch: int | None = None
     epochs_run: int | None = None

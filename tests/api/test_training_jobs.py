@@ -57,6 +57,8 @@ def test_create_read_list(server, dataset_id: str) -> None:
     ({"hyperparameters": {"supervision": "labels", "labels": []}}, 422, None),
     ({"hyperparameters": {"labels": [2]}}, 422, None),
     ({"dataset_id": "00000000-0000-0000-0000-000000000000"}, 404, "not_found"),
+    ({"devices": 0}, 422, "invalid_request"),
+    ({"devices": 3}, 422, "invalid_devices"),  # TINY's batch_size 2 cannot be shared by 3 processes
 ])
 def test_bad_requests_are_refused(server, dataset_id: str, overrides: dict, status: int, code: str | None) -> None:
     before = server.client.get("/v1/training-jobs").json()["count"]
@@ -65,6 +67,15 @@ def test_bad_requests_are_refused(server, dataset_id: str, overrides: dict, stat
     if code:
         assert response.json()["code"] == code
     assert server.client.get("/v1/training-jobs").json()["count"] == before
+
+
+def test_devices_are_one_machine_s_gpus(server, dataset_id: str) -> None:
+    response = _create(server, dataset_id, devices=9)
+    assert response.status_code == 422 and "devices: Input should be less than or equal to 8" in \
+        response.json()["detail"]
+    job = _create(server, dataset_id, devices=2).json()
+    assert job["devices"] == 2 and server.client.get(job["url"]).json()["devices"] == 2
+    server.client.post(job["url"] + "/cancel")
 
 
 def test_names_offered_are_listed_in_errors(server, dataset_id: str) -> None:

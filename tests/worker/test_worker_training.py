@@ -67,6 +67,8 @@ def test_other_architectures_and_methods_train_and_register(settings, dataset_id
     ({"hyperparameters": TINY | {"supervision": "masks"}}, "unknown supervision 'masks'"),
     ({"hyperparameters": TINY | {"supervision": "labels", "labels": [7]}}, "labels [7] are in no training mask"),
     ({"dataset_id": "00000000-0000-0000-0000-000000000000"}, "is gone"),
+    ({"devices": 3}, "batch_size 2 must be a multiple of devices 3"),
+    ({"devices": 0}, "devices must be an integer from 1 to 8, got 0"),
 ])
 def test_bad_parameters_fail_the_job_naming_the_problem(settings, dataset_id, load_job, overrides, words):
     params = {"dataset_id": dataset_id, "model_name": "bad", "architecture": "voxelmorph", "method": "none",
@@ -75,6 +77,19 @@ def test_bad_parameters_fail_the_job_naming_the_problem(settings, dataset_id, lo
     run_training(job_id, settings=settings)
     job = load_job(settings, job_id)
     assert job.status == JobStatus.FAILED and words in job.error, job.error
+
+
+def test_a_job_trains_across_two_processes(settings, dataset_id, load_job):
+    """devices 2: two gloo processes of one pair each, rank 0 in the task (progress, the model)."""
+    job_id = _job(settings, dataset_id=dataset_id, model_name="two", architecture="voxelmorph", method="adacs",
+                  hyperparameters=TINY, val_fraction=0.34, devices=2)
+    run_training(job_id, settings=settings)
+    job = load_job(settings, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.result["devices"] == 2 and job.progress["global_step"] == 6 and "val_dice" in job.progress
+    with session_scope(_engine(settings)) as session:
+        card = session.query(ModelVersion).filter_by(source_job_id=job_id).one().card
+    assert card["training"]["processes"] == 2 and card["training"]["updates"] == 6
 
 
 def test_label_supervision_trains_from_the_job_and_a_stuck_run_is_warned(settings, dataset_id, load_job):

@@ -14,7 +14,8 @@ The API commits a ``training`` job row (``queued``) whose ``params``
                          "alpha": 0.02, "beta": 1.5, "kappa": 50.0, "bidir": True, "seed": 0,
                          "supervision": "none", "label_weight": 0.3, "labels": None,
                          "crop": 128},            # any key left out takes models.defaults' value
-     "val_fraction": 0.2}                    # share of subjects held out for validation Dice
+     "val_fraction": 0.2,                    # share of subjects held out for validation Dice
+     "devices": 1}                           # processes, one per GPU (1 to MAX_DEVICES; default 1)
 
 and then sends ``TRAINING_TASK`` with ``args=[job_id]`` to the ``training`` queue.
 
@@ -25,6 +26,13 @@ Reads the dataset with the loader of its layout, splits it by subject (the last
 there are two or more), and runs ``models.trainer.train`` into ``store.job_dir(job_id)/train/``,
 which checkpoints every epoch and resumes from ``checkpoints/last.pt``: a redelivered job (a
 killed worker, the reaper) continues where its last epoch ended instead of starting over.
+
+With ``devices`` N > 1 the task trains in N processes under torch.distributed
+(``models.training.distributed``): itself as rank 0 (progress, cancellation and every file, as with
+one) and N - 1 subprocesses, one per GPU this worker sees (``cuda:0`` .. ``cuda:N-1``), or N CPU
+processes on a CPU worker. A job asking more GPUs than its worker sees, or a ``batch_size`` that N
+does not divide, fails with a message. Each process takes ``batch_size / N`` pairs of every update,
+so the job trains what one process would; a checkpoint resumes under any ``devices``.
 
 While running, ``progress`` holds ``phase``, ``epoch``/``epochs`` (1-based), ``step``/
 ``steps_per_epoch``, ``global_step``/``total_steps``, ``losses`` (the last update's), ``m_t``,
@@ -39,7 +47,7 @@ becomes the next version of ``model_name`` with ``source_job_id`` = the job, and
 (``service.jobs.training.TrainingResult``) is::
 
     {"model": {"ref": "cardiac:2", "name", "version", "sha256"}, "validation": {"val_dice", ...},
-     "data": {"n_train_pairs", "n_val_pairs", "n_subjects", ...}, "device": "cuda" | "cpu",
+     "data": {"n_train_pairs", "n_val_pairs", "n_subjects", ...}, "device": "cuda" | "cpu", "devices": 1,
      "attempt": 1, "resumed_from_epoch": 0, "epochs_run": 60, "wall_s": 123.4}
 
 A redelivery after the version was registered finds it by ``source_job_id`` and does not register
@@ -116,6 +124,12 @@ def train_config(params: TrainingParams, device: str):
         cfg.validate()
     except (ValueError, TypeError) as error:
         raise InvalidJobParams(str(error)) from error
+    from models.training.distributed import check_devices
+
+    try:
+        check_devices(params.devices, cfg.batch_size, device)
+    except ValueError as error:
+        raise InvalidJobParams(str(error)) from error
     return cfg
 
 
@@ -183,7 +197,7 @@ def _checkpoint_epoch(out_dir: Path) -> int:
 
 
 def _train(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonitor) -> dict[str, Any]:
-    from models.trainer import train
+    from models.training.distributed import train_on_devices
 
     start = time.perf_counter()
     params = TrainingParams.parse(claim.params)
@@ -199,15 +213,16 @@ def _train(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonit
     if resumed_from:
         log.info("training job %s: attempt %d resumes after epoch %d", claim.job_id, claim.attempt, resumed_from)
     progress = _Progress(monitor)
-    result = train(cfg, train_pairs, out_dir, val_pairs=val_pairs or None, callback=progress,
-                   data_description=description)
+    result = train_on_devices(params.devices, cfg, train_pairs, out_dir, val_pairs=val_pairs or None,
+                              callback=progress, data_description=description)
     monitor.progress(**{**progress.last, "phase": "registering_model", "eta_s": 0})
     monitor.confirm()  # still ours: a cancelled or overtaken job registers nothing
     model = _registered(engine, store, params, claim.job_id, result.out_dir / "model")
     last = result.history[-1] if result.history else {}
     return TrainingResult(model=model, validation={k: last[k] for k in ("val_dice", "val_folding_pct") if k in last},
-                          data=description, device=device, attempt=claim.attempt, resumed_from_epoch=resumed_from,
-                          epochs_run=len(result.history), wall_s=round(time.perf_counter() - start, 2)).to_row()
+                          data=description, device=device, devices=params.devices, attempt=claim.attempt,
+                          resumed_from_epoch=resumed_from, epochs_run=len(result.history),
+                          wall_s=round(time.perf_counter() - start, 2)).to_row()
 
 
 def run_training(job_id: str, *, settings: Settings | None = None, only_if_queued: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 ``POST /v1/training-jobs`` checks what it can without torch (the dataset is ready, and has both masks
 on every pair for label-assisted training; the architecture and method exist, the model name is valid,
-the hyperparameters are in range), commits a ``queued``
+the hyperparameters are in range, ``devices`` is 1 to 8 and divides ``batch_size``), commits a ``queued``
 training job whose ``params`` are the contract of ``worker.tasks.training``, and sends
 ``adacs.training.run`` with the job's id to the ``training`` queue.
 
@@ -87,7 +87,8 @@ def _public(job: Job) -> TrainingJobPublic:
     return TrainingJobPublic(
         id=job.id, status=job.status.value, dataset_id=params.dataset_id, model_name=params.model_name,
         architecture=params.architecture, architecture_options=params.architecture_options, method=params.method,
-        hyperparameters=params.hyperparameters, val_fraction=params.val_fraction, progress=job.progress or {},
+        hyperparameters=params.hyperparameters, val_fraction=params.val_fraction, devices=params.devices,
+        progress=job.progress or {},
         error=job.error, attempts=job.attempts, cancel_requested=job.cancel_requested, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at,
         model_version=result.model.ref if result.model else None,
@@ -135,6 +136,10 @@ def _check(body: TrainingJobCreate, session: Session, principal: Principal) -> N
     if hp.batch_size % micro:
         raise ApiError(422, f"batch_size {hp.batch_size} must be a multiple of micro_batch_size {micro}",
                        "invalid_hyperparameters")
+    if hp.batch_size % body.devices:
+        raise ApiError(422, f"hyperparameters.batch_size {hp.batch_size} must be a multiple of devices "
+                            f"{body.devices}: each process takes an equal share of every update's pairs",
+                       "invalid_devices")
     dataset = load_dataset(session, body.dataset_id, principal)
     if dataset.status != DatasetStatus.READY:
         raise ApiError(409, f"dataset {dataset.id} is {dataset.status.value}, not ready", "dataset_not_ready")
@@ -167,7 +172,8 @@ def create_training_job(body: TrainingJobCreate, request: Request, response: Res
     _check_budget(body, session, settings, principal)
     params = TrainingParams(dataset_id=body.dataset_id, model_name=body.model_name, architecture=body.architecture,
                             architecture_options=body.architecture_options, method=body.method,
-                            hyperparameters=body.hyperparameters.model_dump(), val_fraction=body.val_fraction)
+                            hyperparameters=body.hyperparameters.model_dump(), val_fraction=body.val_fraction,
+                            devices=body.devices)
     job = Job(id=new_id(), kind=JobKind.TRAINING, status=JobStatus.QUEUED, owner_key_id=principal.key_id,
               params=params.to_row())
     session.add(job)
