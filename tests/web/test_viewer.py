@@ -172,13 +172,13 @@ class Watched:
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
 
     def open(self, page: str) -> None:
-        """Open `#/page` and type the API key into the field the page shows when keys are on."""
+        """Open `#/page` (or `#/page/id`) and type the API key into the field the page shows when keys are on."""
         self.page.goto(f"{self.server.url}/#/{page}")
         self.page.wait_for_selector("main[data-ready]")
         if self.page.is_visible("#key-form"):
             self.page.fill("#api-key", self.server.key)
             self.page.press("#api-key", "Enter")
-        self.page.wait_for_selector(f"main[data-page={page}] h1")
+        self.page.wait_for_selector(f"main[data-page={page.split('/')[0]}] h1")
 
     def shot(self, name: str) -> None:
         self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
@@ -417,3 +417,26 @@ def test_jobs_lists_what_ran(watched, server):
     page.click("table[data-kind=training] tbody tr:first-child a")
     page.wait_for_function("() => document.querySelector('#training-status').textContent.startsWith('cancelled')")
     watched.assert_clean()
+
+
+def test_without_webgl_a_registration_shows_the_service_preview(server, stack, tmp_path):
+    """A browser without WebGL2 (a locked-down workstation) still sees the result: preview.png."""
+    from playwright.sync_api import sync_playwright
+
+    files = {role: (path.name, path.read_bytes()) for role, path in stack.items()}
+    job = server.api.post("/v1/registrations?wait=60", files=files, data={"refine_steps": "0"}).json()
+    assert job["status"] == "succeeded", job
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                              args=["--disable-webgl", "--disable-3d-apis",
+                                                    "--disable-background-networking"])
+        try:
+            watched = Watched(chromium.new_context(viewport=VIEWPORT), server)
+            watched.open(f"register/{job['id']}")
+            watched.page.wait_for_selector("#viewer[data-ready=preview] img", timeout=60_000)
+            assert "no WebGL2" in watched.page.inner_text("#result")
+            assert watched.page.evaluate("document.querySelector('#viewer img').naturalWidth") > 100
+            assert watched.page.locator("#dice td[data-kind=after]").count() == 2  # the report's tables still
+            watched.assert_clean()
+        finally:
+            chromium.close()

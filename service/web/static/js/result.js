@@ -62,7 +62,7 @@ async function layers(view, job, local) {
   }
   const jacobian = await view.image(await bytes(url(job, "jacobian")), "jacobian.nii.gz");
   overlays.jacobian = view.derived(jacobian, logJacobian(jacobian.img),
-    { colormap: "warm", negative: "winter", cal_min: 0.05, cal_max: 1 });
+    { colormap: "warm", negative: "winter", cal_min: 0.1, cal_max: 1 }); // |log2 J| < 0.1 (7 %) left clear
   const grid = gridLines(voxelShift(await readNifti(await bytes(url(job, "displacement")))));
   // Drawn in this order: the warped (or moving) mask's outlines stay on top of the reference's.
   const ordered = Object.fromEntries(["jacobian", "reference", "before", "after"]
@@ -106,7 +106,7 @@ function controls(view, state, overlays, apply) {
       reference,
       h("div", { class: "field" }, h("label", { for: "opacity" }, "Mask opacity"), opacity),
       radios("overlay", "Overlay", [["none", "none"], ["grid", "deformation grid"],
-        ["jacobian", "Jacobian (log₂; red expands, blue shrinks)"]], (v) => { state.overlay = v; apply(); })),
+        ["jacobian", "Jacobian (log₂: warm expands, blue shrinks; ±7 % clear)"]], (v) => { state.overlay = v; apply(); })),
   };
 }
 
