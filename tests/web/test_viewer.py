@@ -136,17 +136,24 @@ def server(tmp_path_factory) -> Server:
         live.stop()
 
 
+QUIET = ["--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
 @pytest.fixture(scope="module")
-def browser(server):
+def playwright(server):
+    """Playwright, once per module (its sync API runs one instance at a time)."""
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=["--disable-background-networking", "--disable-component-update",
-                                                    "--no-first-run", "--disable-sync"])
-        yield chromium
-        chromium.close()
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=QUIET)
+    yield chromium
+    chromium.close()
 
 
 class Watched:
@@ -379,7 +386,7 @@ def test_train_watch_the_curves_and_cancel(watched, server, dataset_zip, tmp_pat
     assert job["status"] == "running" and job["hyperparameters"]["crop"] is None, job
     watched.shot("training")
     page.click("#cancel")
-    page.wait_for_function("() => document.querySelector('#training-status').textContent.startsWith('cancelled')",
+    page.wait_for_function("() => document.querySelector('#training-status')?.textContent.startsWith('cancelled')",
                            timeout=60_000)
     assert server.api.get(f"/v1/training-jobs/{job_id}").json()["status"] == "cancelled"
     watched.assert_clean()
@@ -415,28 +422,24 @@ def test_jobs_lists_what_ran(watched, server):
     assert watched.canvas("#viewer canvas")["coloured"] > 50
     page.go_back()
     page.click("table[data-kind=training] tbody tr:first-child a")
-    page.wait_for_function("() => document.querySelector('#training-status').textContent.startsWith('cancelled')")
+    page.wait_for_function("() => document.querySelector('#training-status')?.textContent.startsWith('cancelled')")
     watched.assert_clean()
 
 
-def test_without_webgl_a_registration_shows_the_service_preview(server, stack, tmp_path):
+def test_without_webgl_a_registration_shows_the_service_preview(playwright, server, stack):
     """A browser without WebGL2 (a locked-down workstation) still sees the result: preview.png."""
-    from playwright.sync_api import sync_playwright
-
     files = {role: (path.name, path.read_bytes()) for role, path in stack.items()}
     job = server.api.post("/v1/registrations?wait=60", files=files, data={"refine_steps": "0"}).json()
     assert job["status"] == "succeeded", job
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=["--disable-webgl", "--disable-3d-apis",
-                                                    "--disable-background-networking"])
-        try:
-            watched = Watched(chromium.new_context(viewport=VIEWPORT), server)
-            watched.open(f"register/{job['id']}")
-            watched.page.wait_for_selector("#viewer[data-ready=preview] img", timeout=60_000)
-            assert "no WebGL2" in watched.page.inner_text("#result")
-            assert watched.page.evaluate("document.querySelector('#viewer img').naturalWidth") > 100
-            assert watched.page.locator("#dice td[data-kind=after]").count() == 2  # the report's tables still
-            watched.assert_clean()
-        finally:
-            chromium.close()
+    chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                          args=[*QUIET, "--disable-webgl", "--disable-3d-apis"])
+    try:
+        watched = Watched(chromium.new_context(viewport=VIEWPORT), server)
+        watched.open(f"register/{job['id']}")
+        watched.page.wait_for_selector("#viewer[data-ready=preview] img", timeout=60_000)
+        assert "no WebGL2" in watched.page.inner_text("#result")
+        assert watched.page.evaluate("document.querySelector('#viewer img').naturalWidth") > 100
+        assert watched.page.locator("#dice td[data-kind=after]").count() == 2  # the report's tables still
+        watched.assert_clean()
+    finally:
+        chromium.close()
