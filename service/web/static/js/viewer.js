@@ -13,7 +13,9 @@ export function loadLibrary() {
 }
 
 export function hasWebGL2() {
-  return Boolean(document.createElement("canvas").getContext("webgl2"));
+  const gl = document.createElement("canvas").getContext("webgl2");
+  gl?.getExtension("WEBGL_lose_context")?.loseContext(); // a probe: give the context back at once
+  return Boolean(gl);
 }
 
 export class SliceView {
