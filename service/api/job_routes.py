@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.access import Principal, may_see
+from service.access import Principal, may_see, owned_by
 from service.api.deps import CurrentPrincipal, SessionDep, StoreDep
 from service.api.errors import ApiError
 from service.api.params import is_uuid
@@ -85,6 +86,24 @@ class JobFiles:
             session.commit()
             store.remove_job_dir(job.id)
             raise BrokerUnavailable(error) from error
+
+    def dispatch(self, session: Session, store: ArtifactStore, tasks: TaskSender, job: Job, wait_s: float,
+                 response: Response) -> None:
+        """After the row is committed: send the task, wait up to ``wait_s``, then answer 200 with the
+        finished job or leave the 202 with a ``Location`` to follow."""
+        self.send(session, store, tasks, job)
+        self.wait(session, job, wait_s)
+        if job.status.finished:
+            response.status_code = 200
+        else:
+            response.headers["Location"] = f"{self.list_url}/{job.id}"
+
+    def page(self, session: Session, principal: Principal, offset: int, limit: int) -> tuple[list[Job], int]:
+        """The jobs of this kind ``principal`` may see, newest first, and how many there are in all."""
+        where = (Job.kind == self.kind) & owned_by(principal, Job.owner_key_id)
+        jobs = session.scalars(select(Job).where(where).order_by(Job.created_at.desc(), Job.id.desc())
+                               .offset(offset).limit(limit))
+        return list(jobs), session.scalar(select(func.count(Job.id)).where(where)) or 0
 
     @staticmethod
     def wait(session: Session, job: Job, seconds: float) -> None:

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
-from sqlalchemy import func, select
 
 from models.io.errors import FrameOutOfRangeError, ImageError
 from models.io.readers import check_header, check_mask, read_header
 from models.io.readers.inputs import read_cine_inputs
 from models.io.readers.read import check_cine_header, read_cine_header
-from service.access import owned_by
 from service.api.deps import CurrentPrincipal, RegisterPrincipal, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError
 from service.api.forms import label_names_field, refuse_unknown_form_fields
@@ -139,22 +137,14 @@ def create_cine_registration(
                   params=params.to_row())
         session.add(job)
         session.commit()
-    FILES.send(session, store, request.state.tasks, job)
-    FILES.wait(session, job, wait)
-    if job.status.finished:
-        response.status_code = status.HTTP_200_OK
-    else:
-        response.headers["Location"] = f"{API_V1}/cine-registrations/{job.id}"
+    FILES.dispatch(session, store, request.state.tasks, job, wait, response)
     return _public(job)
 
 
 @router.get("", summary="List cine registrations, newest first")
 def list_cine_registrations(session: SessionDep, principal: CurrentPrincipal, offset: Offset = 0,
                             limit: Limit = 100) -> CineRegistrationsPublic:
-    where = (Job.kind == JobKind.CINE) & owned_by(principal, Job.owner_key_id)
-    jobs = session.scalars(select(Job).where(where).order_by(Job.created_at.desc(), Job.id.desc())
-                           .offset(offset).limit(limit))
-    count = session.scalar(select(func.count(Job.id)).where(where)) or 0
+    jobs, count = FILES.page(session, principal, offset, limit)
     return CineRegistrationsPublic(data=[_public(job) for job in jobs], count=count)
 
 

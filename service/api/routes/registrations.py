@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
-from sqlalchemy import func, select
 
 from models.io.errors import DimensionMismatchError, ImageError
 from models.io.readers import check_header, read_header, read_registration_inputs
 from models.io.readers.inputs import FRAME_ROLES
-from service.access import owned_by
 from service.api.deps import CurrentPrincipal, RegisterPrincipal, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError
 from service.api.forms import label_names_field, refuse_unknown_form_fields
@@ -173,22 +171,14 @@ def create_registration(
                   params=params.to_row())
         session.add(job)
         session.commit()
-    FILES.send(session, store, request.state.tasks, job)
-    FILES.wait(session, job, wait)
-    if job.status.finished:
-        response.status_code = status.HTTP_200_OK
-    else:
-        response.headers["Location"] = f"{API_V1}/registrations/{job.id}"
+    FILES.dispatch(session, store, request.state.tasks, job, wait, response)
     return _public(job, request)
 
 
 @router.get("", summary="List registrations, newest first")
 def list_registrations(request: Request, session: SessionDep, principal: CurrentPrincipal, offset: Offset = 0,
                        limit: Limit = 100) -> RegistrationsPublic:
-    where = (Job.kind == JobKind.REGISTRATION) & owned_by(principal, Job.owner_key_id)
-    jobs = session.scalars(select(Job).where(where).order_by(Job.created_at.desc(), Job.id.desc())
-                           .offset(offset).limit(limit))
-    count = session.scalar(select(func.count(Job.id)).where(where)) or 0
+    jobs, count = FILES.page(session, principal, offset, limit)
     return RegistrationsPublic(data=[_public(job, request) for job in jobs], count=count)
 
 
