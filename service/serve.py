@@ -218,7 +218,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     supervisor.start()
     print(f"AdaCS serving on http://{host}:{port}  (data: {settings.data_dir}, database: {settings.database_url}, "
-          f"broker: {settings.broker_url}, worker pid {supervisor.pid})", flush=True)
+          f"broker: {settings.broker_url}, worker pid {supervisor.pid}); open http://{host}:{port}/ in a browser "
+          f"for the viewer, /docs for the API", flush=True)
     try:
         server.run()
     finally:
