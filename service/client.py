@@ -38,12 +38,11 @@ __all__ = ["AdacsClient", "AdacsApiError", "DownloadError", "parse_sse", "DEFAUL
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
-# URL segments of a registration's outputs. The server's table (service.api.routes.registrations.
-# DOWNLOADS) is not imported: it would pull the image readers into the client. A test keeps them equal.
+# A registration's outputs by URL segment; not imported from the server (its readers): a test keeps them equal.
 DOWNLOADS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask",
              "warped-mask-seg", "report", "preview.png")
-# The server checks an uploaded dataset or model before it answers; that may take minutes.
-UPLOAD_READ_TIMEOUT_S = 600.0
+UPLOAD_READ_TIMEOUT_S = 600.0  # the server checks an uploaded dataset or model before it answers: minutes
+PREVIEW_WAIT_S = 10.0
 _SHA256 = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
 _FILENAME = re.compile(r'filename="([^"/\\]+)"')
 
@@ -166,11 +165,9 @@ def _poll_once(read: Callable[[], Job], on_progress: OnProgress, deadline: float
 
 
 class AdacsClient:
-    """The AdaCS API over HTTP. ``api_key`` is sent as ``X-API-Key`` (needed when the server has keys on).
-
+    """The AdaCS API over HTTP. ``api_key`` is sent as ``X-API-Key`` (needed when the server has keys on);
     ``timeout`` bounds connecting and each read or write, in seconds; ``stream_timeout_s`` is how long an
-    event stream may stay silent before :meth:`wait_training` polls once and subscribes again.
-    """
+    event stream may stay silent before :meth:`wait_training` polls once and subscribes again."""
 
     def __init__(self, base_url: str = DEFAULT_SERVER, api_key: str | None = None, timeout: float = 30.0,
                  stream_timeout_s: float = 60.0) -> None:
@@ -265,14 +262,17 @@ class AdacsClient:
 
     def wait_registration(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5,
                           on_progress: OnProgress = None) -> Job:
-        """Poll until the job has finished (succeeded, failed or cancelled) and return it; ``on_progress``
-        gets every job read. Raises ``TimeoutError`` after ``timeout`` seconds (None: never)."""
+        """The job once finished, a succeeded one with its preview (added just after: ``PREVIEW_WAIT_S`` at most);
+        ``on_progress`` gets every read; ``TimeoutError`` after ``timeout`` seconds (None: never)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = _poll_once(lambda: self.get_registration(job_id), on_progress, deadline, poll_s,
-                             f"registration {job_id}", timeout)
-            if job is not None:
-                return job
+        while (job := _poll_once(lambda: self.get_registration(job_id), on_progress, deadline, poll_s,
+                                 f"registration {job_id}", timeout)) is None:
+            pass
+        grace = time.monotonic() + PREVIEW_WAIT_S
+        while job["status"] == "succeeded" and "preview" not in job["outputs"] and time.monotonic() < grace:
+            time.sleep(min(poll_s, 0.1))
+            job = _poll_once(lambda: self.get_registration(job_id), on_progress, None, poll_s, "", None)
+        return job
 
     def download(self, job_id: str, what: str, dest: PathLike) -> Path:
         """One output (``what`` in :data:`DOWNLOADS`) to ``dest``, a file or an existing folder (then the

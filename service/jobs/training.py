@@ -59,6 +59,11 @@ class TrainingParams(JobParams):
         return (f"hyperparameters and architecture_options must be objects and 0 <= val_fraction < 1, got "
                 f"{raw.get('hyperparameters')!r}, {raw.get('architecture_options')!r}, {raw.get('val_fraction')!r}")
 
+    def to_row(self) -> dict[str, Any]:
+        """``devices`` only when more than one: a one-process job's row is the one written before the field
+        existed, so rows read and write back unchanged."""
+        return self.model_dump(exclude={"devices"} if self.devices == 1 else set())
+
 
 class TrainingResult(JobResult):
     """``job.result`` of a succeeded training job."""
