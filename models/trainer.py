@@ -63,7 +63,7 @@ from models.training.schedule import (
     phase_of_epoch,
     total_epochs,
 )
-from models.training.steps import displacement_update, scoring_update
+from models.training.steps import displacement_update, scoring_update, shared_scores
 from models.training.validation import identity_dice, validate, validation_set, warmup_warnings
 
 __all__ = ["lr_factor", "displacement_updates", "displacement_updates_before", "TrainConfig", "ProgressEvent",
@@ -253,6 +253,8 @@ def _run_epoch(epoch: int, phase: str, cfg: TrainConfig, nets: _Networks, data: 
     for step in range(cfg.steps_per_epoch):
         micro = data.draw(cfg)
         logs: dict[str, float] = {}
+        # One scorer forward for both updates of an alternating step, where that pays (steps.shared_scores).
+        shared = shared_scores(nets.scorer, micro, cfg) if phase == PHASE_ALTERNATING else None
         if phase != PHASE_WARMUP_SCORING:
             factor = lr_factor(displacement_updates_before(epoch, step, cfg), displacement_updates(cfg),
                                cfg.lr_schedule)
@@ -261,13 +263,13 @@ def _run_epoch(epoch: int, phase: str, cfg: TrainConfig, nets: _Networks, data: 
             use_scores = unwrap(nets.scorer) if phase == PHASE_ALTERNATING else None
             logs.update(report.group.mean(displacement_update(nets.estimator, use_scores, nets.estimator_optimizer,
                                                               micro, cfg, nets.auxiliary, nets.auxiliary_optimizer,
-                                                              extras)))
+                                                              extras, shared)))
             # Eqs. 5-7: μ_t is the epoch's running mean; m_t moves after every displacement update.
             mu_samples.append(logs["mu_sample"])
             loop.m_t = momentum_update(loop.m_t, float(np.mean(mu_samples)), epoch, cfg.kappa, cfg.beta)
         if phase in (PHASE_WARMUP_SCORING, PHASE_ALTERNATING):
             logs.update(report.group.mean(scoring_update(unwrap(nets.estimator), nets.scorer, nets.scorer_optimizer,
-                                                         micro, loop.m_t, cfg)))
+                                                         micro, loop.m_t, cfg, shared)))
         loop.global_step += 1
         step_logs.append(logs)
         trace.append({"step": loop.global_step, "mu": float(np.mean(mu_samples)) if mu_samples else None,

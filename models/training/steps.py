@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from models.inference import eval_mode
 from models.networks.estimator import DisplacementEstimator
@@ -29,20 +30,40 @@ from models.training.config import TrainConfig
 from models.training.data import Batch
 from models.training.distributed import sync_gradients
 
-__all__ = ["displacement_update", "scoring_update"]
+__all__ = ["displacement_update", "scoring_update", "shared_scores", "Scores"]
+
+#: Per micro-batch, the scoring network's maps ``S = g_ϕ(target)`` for each direction.
+Scores = Sequence[list[torch.Tensor]]
+
+
+def shared_scores(scorer: torch.nn.Module | None, micro: Sequence[Batch | tuple], cfg: TrainConfig) -> Scores | None:
+    """The scores of an alternating step, computed once with their graph, or None where that does not pay.
+
+    ``S = g_ϕ(target)`` reads the target images alone, and ``ϕ`` does not change during the displacement
+    update, so the displacement update's (detached) weights and the scoring update's maps are the same
+    numbers: one scorer forward serves both, and the results are those of two (tested). Not across
+    processes (a DDP module must run each forward right before its backward) nor over several
+    micro-batches (every micro-batch's graph would be held through the displacement update).
+    """
+    if scorer is None or len(micro) != 1 or isinstance(scorer, DistributedDataParallel):
+        return None
+    batch = _as_batch(micro[0])
+    targets = [batch.fixed, batch.moving] if cfg.bidir else [batch.fixed]
+    return [list(scorer(torch.cat(targets)).chunk(len(targets)))]
 
 
 def displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | None,
                         optimizer: torch.optim.Optimizer, micro: Sequence[Batch | tuple], cfg: TrainConfig,
                         auxiliary: torch.nn.Module | None = None,
                         auxiliary_optimizer: torch.optim.Optimizer | None = None,
-                        extras: Sequence[ExtraTerm] = ()) -> dict:
+                        extras: Sequence[ExtraTerm] = (), scores: Scores | None = None) -> dict:
     """One optimiser update of ``f_θ`` on the method's displacement objective.
 
     ``scorer``: the scoring network whose detached scores weigh the data term (Eq. 2), or None
     (Eq. 1 for AdaCS's warm-up). ``auxiliary``: the method's auxiliary network, updated jointly by
     ``auxiliary_optimizer`` on the same loss, whose maps the data term reads (NLL's ``s``), or None.
     ``extras``: the supervision's extra terms (the label term), which read the batch's masks.
+    ``scores``: the scorer's maps per micro-batch already computed (:func:`shared_scores`); used detached.
     """
     method = METHODS[cfg.method]
     optimizers = [optimizer] + ([auxiliary_optimizer] if auxiliary_optimizer is not None else [])
@@ -56,7 +77,9 @@ def displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | N
         deformation = estimator(moving, fixed)
         dirs = directions(moving, fixed, deformation, cfg.bidir, batch.masks)
         maps = None
-        if scorer is not None:
+        if scorer is not None and scores is not None:
+            maps = [score.detach() for score in scores[i]]  # sg[S]: the scores are constants for f_θ
+        elif scorer is not None:
             with torch.no_grad():  # sg[S]: the scores are constants for f_θ
                 maps = score_maps(scorer, dirs)
         if auxiliary is not None:  # trained jointly: its maps keep their graph
@@ -81,7 +104,8 @@ def displacement_update(estimator: DisplacementEstimator, scorer: ScoringNet | N
 
 
 def scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimizer: torch.optim.Optimizer,
-                   micro: Sequence[Batch | tuple], m_t: float, cfg: TrainConfig) -> dict:
+                   micro: Sequence[Batch | tuple], m_t: float, cfg: TrainConfig,
+                   scores: Scores | None = None) -> dict:
     """One optimiser update of ``g_ϕ`` on the method's scoring terms (Eq. 9 for AdaCS) with residuals
     of the current (frozen) ``f_θ``.
 
@@ -103,12 +127,12 @@ def scoring_update(estimator: DisplacementEstimator, scorer: ScoringNet, optimiz
         # sg[r]: no graph through f_θ, so no gradient can reach θ
         with torch.no_grad(), eval_mode(estimator):
             dirs = directions(moving, fixed, estimator(moving, fixed), cfg.bidir)
-        scores = score_maps(scorer, dirs)
-        loss = scoring_objective(dirs, scores, m_t, cfg.alpha, terms)
+        maps = scores[i] if scores is not None else score_maps(scorer, dirs)
+        loss = scoring_objective(dirs, maps, m_t, cfg.alpha, terms)
         (loss.total / len(micro)).backward()
         for key, value in (("loss_se", loss.total), ("scs", loss.scs), ("reg", loss.reg), ("tv", loss.tv)):
             logs[key] += value.item() / len(micro)
-        logs["score_mean"] += torch.stack(scores).mean().item() / len(micro)
+        logs["score_mean"] += torch.stack(maps).mean().item() / len(micro)
     optimizer.step()
     return logs
 
