@@ -28,14 +28,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from models.artifact import LoadedModel
-from models.data.crop import mask_centroid
 from models.field_maps import jacobian_image, jacobian_summary
 from models.io.errors import FrameOutOfRangeError
 from models.io.image import LABEL, Image
 from models.io.readers.checks import check_mask
 from models.io.writers import displacement_image
 from models.refine import RefineConfig, refine_config
-from models.register import predict_native
+from models.register import mask_center, predict_native
 from models.report import grid_section, label_names
 from models.resample import warp_physical
 
@@ -103,14 +102,6 @@ def _merge_records(records: list[dict]) -> dict:
     return merged
 
 
-def _center(mask: Image, model: LoadedModel) -> tuple[float, ...] | None:
-    """Where the model's window goes: the reference mask's centroid (in-plane for a 2D model)."""
-    if not np.any(mask.array):
-        return None
-    centroid = mask_centroid((mask.array != 0).astype(np.uint8), 1)
-    return centroid[1:] if model.ndim == 2 and mask.ndim == 3 else centroid
-
-
 def register_cine(model: LoadedModel, frames: Sequence[Image], reference_mask: Image, reference: int = 0, *,
                   batch_size: int = 16, refine_with: RefineConfig | None = None,
                   label_names_given: Mapping[str, str] | None = None, lv_label: int | None = None,
@@ -128,7 +119,7 @@ def register_cine(model: LoadedModel, frames: Sequence[Image], reference_mask: I
                                    path="reference_frame", hint=f"choose a frame from 0 to {total - 1}")
     check_mask(reference_mask, frames[reference])
     refine_with = refine_config(model.card) if refine_with is None else refine_with
-    center = _center(reference_mask, model)
+    center = mask_center(reference_mask.array, model.ndim == 2 and reference_mask.ndim == 3)
     others = [t for t in range(total) if t != reference]
     chunk = _frames_per_batch(model, frames[reference], batch_size)
     disp: dict[int, np.ndarray] = {reference: np.zeros((frames[reference].ndim, *frames[reference].array.shape),

@@ -35,13 +35,12 @@ from models.io.writers import write_image
 from models.outputs import DISPLACEMENT_UNITS, REPORT
 from models.refine import refine_config
 
-__all__ = ["CINE_OUTPUTS", "CINE_PHASES", "CineFiles", "register_cine_files",
+__all__ = ["CINE_OUTPUTS", "CineFiles", "register_cine_files",
            "write_cine_outputs", "draw_volume_curves"]
 
 CINE_OUTPUTS = {"displacements": "displacements.nii.gz", "warped_masks": "warped_masks.nii.gz",
                 "volumes": "volumes.csv", "volume_curve": "volume_curve.png", "report": REPORT}
 """Role -> file name of every output of a cine registration."""
-CINE_PHASES = ("loading_model", "reading_inputs", "registering", "writing_outputs")
 
 
 @dataclass
@@ -134,8 +133,9 @@ def register_cine_files(load_model: Callable[[], LoadedModel], cine: Path, refer
 
     As :func:`models.register.register_files` for one pair: ``load_model`` runs in the ``loading_model``
     phase, ``model_fields`` name the model in the report, refinement left None takes the card's
-    defaults, ``on_phase`` is told each of :data:`CINE_PHASES`; ``on_frames(done, total)`` follows the
-    frames. Raises ``ImageError`` (bad input) or ``ValueError`` (a model that cannot register them).
+    defaults, ``on_phase`` is told each of :data:`models.register.PHASES` (a pair's four, the same);
+    ``on_frames(done, total)`` follows the frames. Raises ``ImageError`` (bad input) or ``ValueError``
+    (a model that cannot register them).
     """
     start = time.perf_counter()
     on_phase("loading_model")

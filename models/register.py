@@ -47,7 +47,8 @@ from models.report import grid_section, label_section
 from models.report import label_names as label_names_of
 from models.resample import resample_to, warp_physical
 
-__all__ = ["RegistrationResult", "RegisteredFiles", "PHASES", "predict_native", "register_images", "register_files"]
+__all__ = ["RegistrationResult", "RegisteredFiles", "PHASES", "mask_center", "predict_native", "register_images",
+           "register_files"]
 
 PHASES = ("loading_model", "reading_inputs", "registering", "writing_outputs")
 """The steps of :func:`register_files`, in order, as its ``on_phase`` hook announces them."""
@@ -68,7 +69,7 @@ class RegistrationResult:
     report: dict = field(default_factory=dict)
 
 
-def _center(moving_mask: np.ndarray | None, slicewise: bool) -> tuple[float, ...] | None:
+def mask_center(moving_mask: np.ndarray | None, slicewise: bool) -> tuple[float, ...] | None:
     """Centroid of the moving mask's foreground (in-plane only when registering slice by slice)."""
     if moving_mask is None or not np.any(moving_mask):
         return None
@@ -138,7 +139,7 @@ def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask
     fixed_arr, moving_arr = fixed.array.astype(np.float32), on_fixed.array.astype(np.float32)
     spacing = tuple(reversed(fixed.geometry.spacing))  # ITK (x, y, z) -> array order (z, y, x)
     slicewise = model.ndim == 2 and fixed.ndim == 3
-    center = _center(mask_on_fixed.array if mask_on_fixed is not None else None, slicewise)
+    center = mask_center(mask_on_fixed.array if mask_on_fixed is not None else None, slicewise)
     refine_with = refine_config(model.card) if refine_with is None else refine_with
     t_predict = time.perf_counter()
     disp, disp_inv, refine_record = predict_native(model, fixed_arr, moving_arr, spacing, center, batch_size,

@@ -45,11 +45,8 @@ from worker.model_cache import MODEL_CACHE, default_device
 from worker.tasks.job_task import job_task
 from worker.tasks.registration import Phases, input_paths, publish, resolve_model, store_outputs
 
-__all__ = ["run_cine", "run", "CINE_PHASES"]
+__all__ = ["run_cine", "run"]
 
-# The phases of models.cine_files.register_cine_files, and each one's key in ``result["timings_s"]``.
-CINE_PHASES = {"loading_model": "load_model", "reading_inputs": "read_inputs", "registering": "register",
-               "writing_outputs": "write_outputs"}
 
 
 def _track(claim: Claim, settings: Settings, engine: Engine, store: ArtifactStore,
@@ -57,7 +54,7 @@ def _track(claim: Claim, settings: Settings, engine: Engine, store: ArtifactStor
     """The job's work: ``register_cine_files`` into a staging folder, then into the store and ``outputs/``."""
     from models.cine_files import register_cine_files
 
-    progress = Phases(monitor, CINE_PHASES)
+    progress = Phases(monitor)  # register_cine_files has a pair's phases, timed under the same keys
     params = CineParams.parse(claim.params)
     job_dir = store.job_dir(claim.job_id)
     inputs = input_paths(job_dir, params.inputs)
