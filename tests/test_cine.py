@@ -136,6 +136,7 @@ def test_volume_arithmetic_and_the_lv_label():
     assert volume_curves(masks, [1, 2]) == {1: [0.4, 0.0], 2: [0.0, 0.4]}  # 200 voxels of 2 mm³
     assert ejection_fraction([100.0, 60.0, 40.0, 80.0]) == {"ed_frame": 0, "es_frame": 2, "edv": 100.0,
                                                              "esv": 40.0, "ef_pct": 60.0}
+    assert ejection_fraction([60.0, 100.0, 40.0])["ed_frame"] == 1  # ED is the largest volume, not frame 0
     assert find_lv_label({1: "RV", 2: "myocardium", 3: "Left Ventricle"}, None) == 3
     assert find_lv_label({1: "RV", 3: "LV"}, 1) == 1
     assert find_lv_label({1: "label 1", 2: "label 2"}, None) is None
