@@ -41,14 +41,15 @@ from models.io.readers.inputs import read_registration_inputs
 from models.io.writers import displacement_image
 from models.metrics import dice
 from models.model_grid import field_to_native, plan_model_grid, to_model_grid
+from models.networks.estimator import Deformation, DisplacementEstimator
 from models.outputs import DISPLACEMENT_UNITS, REPORT, write_registration_outputs, write_warped_mask_seg
 from models.refine import RefineConfig, refine, refine_config
 from models.report import grid_section, label_section
 from models.report import label_names as label_names_of
 from models.resample import resample_to, warp_physical
 
-__all__ = ["RegistrationResult", "RegisteredFiles", "PHASES", "mask_center", "predict_native", "register_images",
-           "register_files"]
+__all__ = ["RegistrationResult", "RegisteredFiles", "Forward", "PHASES", "mask_center", "predict_native",
+           "register_images", "register_files"]
 
 PHASES = ("loading_model", "reading_inputs", "registering", "writing_outputs")
 """The steps of :func:`register_files`, in order, as its ``on_phase`` hook announces them."""
@@ -78,11 +79,15 @@ def mask_center(moving_mask: np.ndarray | None, slicewise: bool) -> tuple[float,
 
 
 Progress = Callable[[Iterable, int], Iterable]
+#: How the network's forward is run: :func:`models.inference.predict_deformation`'s signature. The
+#: worker passes its batcher (``worker.batching``), which runs concurrent registrations' forwards as one.
+Forward = Callable[[DisplacementEstimator, torch.Tensor, torch.Tensor, int, "Progress | None"], Deformation]
 
 
 def predict_native(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, spacing_mm: tuple[float, ...],
                    center: tuple[float, ...] | None, batch_size: int, refine_with: RefineConfig,
-                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+                   progress: Progress | None = None,
+                   forward: Forward = predict_deformation) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Voxel displacement ``(fixed.ndim, *fixed.shape)`` on the native grid, its inverse there when the
     estimator integrates a velocity (``exp(−v)``: a point ``q`` maps to ``q + w(q)``; else None), and
     the refinement record.
@@ -108,7 +113,7 @@ def predict_native(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, sp
     device = next(model.estimator.parameters()).device
     f_model = norm(to_model_grid(planes_f, grid)).to(device)
     m_model = norm(to_model_grid(planes_m, grid)).to(device)
-    network = predict_deformation(model.estimator, m_model, f_model, batch_size, progress)
+    network = forward(model.estimator, m_model, f_model, batch_size, progress)
     refined = refine(model.estimator, m_model, f_model, network, refine_with)
     fields = [field_to_native(d.cpu(), grid, planes_f.shape[1:])  # (N, model.ndim, *plane)
               for d in (refined.disp, refined.disp_inv) if d is not None]
@@ -122,14 +127,16 @@ def predict_native(model: LoadedModel, fixed: np.ndarray, moving: np.ndarray, sp
 def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask: Image | None = None,
                     fixed_mask: Image | None = None, batch_size: int = 16,
                     progress: Progress | None = None, refine_with: RefineConfig | None = None,
-                    label_names: Mapping[str, str] | None = None) -> RegistrationResult:
+                    label_names: Mapping[str, str] | None = None,
+                    forward: Forward = predict_deformation) -> RegistrationResult:
     """Predict the field, optionally refine it, warp the moving image (linear) and mask (nearest, labels kept).
 
     ``progress(iterable, total)`` may wrap the loop over prediction batches (slices of a 3D stack
     registered by a 2D model); the CLI passes a progress bar. ``refine_with=None`` refines as the
     model card says (``models.refine.refine_config``: 0 steps for a card without the key), so every
     caller registers alike; the report's ``refine`` records what refinement did. ``label_names``
-    (``{"2": "myocardium"}``) name the labels in the report (``models.report``).
+    (``{"2": "myocardium"}``) name the labels in the report (``models.report``); ``forward`` runs the
+    network (:data:`Forward`).
     """
     if fixed.ndim != moving.ndim:
         raise ValueError(f"fixed is {fixed.ndim}-D but moving is {moving.ndim}-D")
@@ -143,7 +150,7 @@ def register_images(model: LoadedModel, fixed: Image, moving: Image, moving_mask
     refine_with = refine_config(model.card) if refine_with is None else refine_with
     t_predict = time.perf_counter()
     disp, disp_inv, refine_record = predict_native(model, fixed_arr, moving_arr, spacing, center, batch_size,
-                                                   refine_with, progress)
+                                                   refine_with, progress, forward)
     predict_s = time.perf_counter() - t_predict
     field_mm = displacement_image(disp, fixed.to_sitk())
     warped = warp_physical(moving, field_mm, fixed)
@@ -197,7 +204,8 @@ def register_files(load_model: Callable[[], LoadedModel], inputs: Mapping[str, P
                    frames: Mapping[str, int | None] | None = None, max_voxels: int = DEFAULT_MAX_VOXELS,
                    refine_steps: int | None = None, refine_time_limit_s: float | None = None,
                    on_phase: Callable[[str], None] = _no_phase, progress: Progress | None = None,
-                   label_names: Mapping[str, str] | None = None) -> RegisteredFiles:
+                   label_names: Mapping[str, str] | None = None,
+                   forward: Forward = predict_deformation) -> RegisteredFiles:
     """Load the model, read and check ``inputs``, register, write the outputs and ``report.json`` into ``out_dir``.
 
     ``inputs`` maps ``fixed``, ``moving`` and optionally ``moving_mask``/``fixed_mask`` to files;
@@ -208,7 +216,8 @@ def register_files(load_model: Callable[[], LoadedModel], inputs: Mapping[str, P
     reference and sha256). The refinement flags left None take the model card's defaults.
     ``on_phase`` is told each of :data:`PHASES` as it starts (the worker's progress and timings);
     ``progress`` wraps the prediction batches (the CLI's bar); ``label_names`` name the labels in the
-    report. A DICOM fixed image with a moving mask adds ``warped_mask_seg`` (a DICOM SEG named by
+    report; ``forward`` runs the network (:data:`Forward`: the worker's batcher). A DICOM fixed image
+    with a moving mask adds ``warped_mask_seg`` (a DICOM SEG named by
     ``model_fields["model"]``; ``models.outputs.write_warped_mask_seg``) and the report's ``dicom_seg``.
     Nothing is written unless every input reads and checks; raises ``ImageError`` (bad input) or
     ``ValueError`` (a model that cannot register these images).
@@ -222,7 +231,7 @@ def register_files(load_model: Callable[[], LoadedModel], inputs: Mapping[str, P
     on_phase("registering")
     refine_with = refine_config(model.card, steps=refine_steps, time_limit_s=refine_time_limit_s)
     result = register_images(model, images["fixed"], images["moving"], images["moving_mask"], images["fixed_mask"],
-                             progress=progress, refine_with=refine_with, label_names=label_names)
+                             progress=progress, refine_with=refine_with, label_names=label_names, forward=forward)
     on_phase("writing_outputs")
     out_dir = Path(out_dir)
     paths = write_registration_outputs(out_dir, result)

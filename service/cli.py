@@ -161,6 +161,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="database, artifacts and broker folder (default: $ADACS_DATA_DIR or ./adacs-data)")
     s.add_argument("--workers", type=int, default=1,
                    help="concurrent jobs: 1 runs the worker with --pool solo, more with a prefork pool")
+    s.add_argument("--pool", choices=("solo", "prefork", "threads"), default=None,
+                   help="the worker's pool (default: solo for one worker, prefork for more); threads runs the "
+                        "jobs in one process, whose registrations share batched network forwards")
 
 
 _device = device_name
@@ -339,7 +342,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.serve import serve
 
-    return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers)
+    return serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, pool=args.pool)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "register": cmd_register, "demo": cmd_demo,

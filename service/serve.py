@@ -39,6 +39,7 @@ __all__ = ["serve", "worker_command", "WorkerSupervisor", "WORKER_PID_FILE"]
 log = logging.getLogger("adacs.serve")
 
 WORKER_PID_FILE = "worker.pid"
+POOLS = (None, "solo", "prefork", "threads")
 QUEUES = ("inference", "training")  # the defaults of ADACS_INFERENCE_QUEUE and ADACS_TRAINING_QUEUE (settings)
 STOP_TIMEOUT_S = 15.0
 MAX_BACKOFF_S = 30.0
@@ -47,8 +48,11 @@ MAX_QUICK_FAILURES = 5
 
 
 def worker_command(workers: int = 1, hostname: str = "adacs-serve@%h", beat_schedule: Path | None = None,
-                   queues: Sequence[str] = QUEUES) -> list[str]:
-    """The Celery worker command line: ``--pool solo`` for one worker, prefork for more.
+                   queues: Sequence[str] = QUEUES, pool: str | None = None) -> list[str]:
+    """The Celery worker command line: ``--pool solo`` for one worker, prefork for more, or ``pool``.
+
+    ``pool="threads"`` runs ``workers`` jobs as threads of one process, whose registrations share
+    their network forwards (``worker.batching``): the choice for a GPU, which one process owns.
 
     With ``beat_schedule`` (a file) the worker also runs Celery beat, whose schedules are the reaper
     (``worker.reaper``) and retention (``service.retention``): one process fewer than the deployed
@@ -56,11 +60,12 @@ def worker_command(workers: int = 1, hostname: str = "adacs-serve@%h", beat_sche
     """
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    pool = ["--pool", "solo", "--concurrency", "1"] if workers == 1 else ["--pool", "prefork",
-                                                                           "--concurrency", str(workers)]
+    if pool not in POOLS:
+        raise ValueError(f"--pool must be one of {', '.join(p for p in POOLS if p)}, got {pool!r}")
+    pool = pool or ("solo" if workers == 1 else "prefork")
     return [sys.executable, "-m", "celery", "--app", "worker.celery_app:app", "worker",
-            "--queues", ",".join(queues), *pool, "--hostname", hostname, "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--queues", ",".join(queues), "--pool", pool, "--concurrency", str(workers), "--hostname", hostname,
+            "--loglevel", "INFO",            "--without-gossip", "--without-mingle", "--without-heartbeat",
             *(["--beat", "--schedule", str(beat_schedule)] if beat_schedule is not None else [])]
 
 
@@ -176,7 +181,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None, workers: int = 1,
-          log_level: str = "info") -> int:
+          log_level: str = "info", pool: str | None = None) -> int:
     """Run the embedded service in the foreground; returns the exit status (0 after SIGINT/SIGTERM)."""
     import uvicorn
 
@@ -206,7 +211,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = Non
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level))
     command = worker_command(workers, beat_schedule=settings.data_dir / "celerybeat-schedule",
-                             queues=(settings.inference_queue, settings.training_queue))
+                             queues=(settings.inference_queue, settings.training_queue), pool=pool)
     supervisor = WorkerSupervisor(command, env=env, cwd=root,
                                   pid_file=settings.data_dir / WORKER_PID_FILE,
                                   on_give_up=lambda: setattr(server, "should_exit", True))

@@ -116,7 +116,10 @@ def _size_the_threads(sender: Any = None, **_: Any) -> None:
     """In the worker's main process (where ``--pool solo`` runs tasks) before any task runs."""
     global _concurrency
     use_private_umask()  # outputs and checkpoints are patient data; pool processes inherit it
-    _concurrency = int(getattr(sender, "concurrency", 1) or 1)
+    # A thread pool's tasks share this one process (and batch their forwards: worker.batching), so
+    # its torch threads are not divided among them.
+    threads = "thread" in str(getattr(sender, "pool_cls", "")).lower()
+    _concurrency = 1 if threads else int(getattr(sender, "concurrency", 1) or 1)
     _set_torch_threads()
 
 

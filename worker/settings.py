@@ -24,6 +24,10 @@ class WorkerSettings(BaseSettings):
     # PyTorch starts one thread per core in every process: N pool processes would run N x cores
     # threads and slow each other down many times over (measured: a 2D forward 16 ms -> 464 ms).
     torch_threads: int = Field(0, ge=0, description="PyTorch threads per worker process (0: cores / concurrency)")
+    # A thread pool's concurrent registrations share one forward (worker.batching); 1 turns it off.
+    inference_batch: int = Field(16, ge=1, le=1024, description="pairs at most in one batched forward")
+    batch_window_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits for registrations "
+                                   "still reading their inputs")
 
 
 @lru_cache

@@ -226,5 +226,9 @@ def test_worker_command_pools():
     many = worker_command(3)
     assert many[many.index("--pool") + 1] == "prefork" and many[many.index("--concurrency") + 1] == "3"
     assert many[many.index("--queues") + 1] == "inference,training"
+    threads = worker_command(4, pool="threads")
+    assert threads[threads.index("--pool") + 1] == "threads" and threads[threads.index("--concurrency") + 1] == "4"
     with pytest.raises(ValueError):
         worker_command(0)
+    with pytest.raises(ValueError, match="--pool"):
+        worker_command(2, pool="gevent")

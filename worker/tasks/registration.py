@@ -74,6 +74,7 @@ from service.jobs.schema import InvalidJobParams, ModelVersionRef
 from service.jobs.tasks import REGISTRATION_TASK
 from service.registry import resolve
 from service.storage import ArtifactStore
+from worker.batching import forward_batcher
 from worker.jobs import Claim, JobMonitor, add_output, run_job
 from worker.model_cache import MODEL_CACHE, default_device
 from worker.preview import write_preview
@@ -203,7 +204,7 @@ def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactS
                               model_fields={"model": model.ref, "model_sha256": model.sha256},
                               series=params.series, frames=params.frames, max_voxels=settings.max_voxels,
                               refine_steps=params.refine_steps, refine_time_limit_s=params.refine_time_limit_s,
-                              label_names=params.label_names, on_phase=phases)
+                              label_names=params.label_names, on_phase=phases, forward=forward_batcher())
         outputs = write_outputs(store, job_dir, staging, done, before_publish=monitor.confirm)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -222,7 +223,8 @@ def run_registration(job_id: str, *, settings: Settings | None = None, only_if_q
     made: dict[str, RegisteredFiles] = {}
 
     def work(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonitor) -> dict[str, Any]:
-        result, made["done"] = _register(claim, settings, engine, store, monitor)
+        with forward_batcher().registering():  # the forward may be shared with concurrent registrations
+            result, made["done"] = _register(claim, settings, engine, store, monitor)
         return result
 
     run_job(job_id, JobKind.REGISTRATION, settings, work, only_if_queued=only_if_queued,
