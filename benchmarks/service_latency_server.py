@@ -35,14 +35,14 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 @contextmanager
 def embedded_server(data_dir: Path, workers: int, threads: int | None = None,
-                    ready_timeout_s: float = 180.0) -> Iterator[str]:
+                    ready_timeout_s: float = 180.0, pool: str | None = None) -> Iterator[str]:
     """``adacs serve`` on a free port; stopped with SIGINT (then a wait) however the block ends."""
     port, log = free_port(), data_dir.parent / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADACS_")}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op default in the worker
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-               "--workers", str(workers)]
+               "--workers", str(workers), *(["--pool", pool] if pool else [])]
     with open(log, "wb") as handle:
         # A session of its own: a Ctrl-C in the terminal reaches this script only, which then stops
         # serve once (a second SIGINT would make uvicorn skip its graceful shutdown).

@@ -57,6 +57,7 @@ case "$role" in
     exec celery --app worker.celery_app:app worker \
       --hostname "celery@%h" \
       --queues "${WORKER_QUEUES:-inference,training}" \
+      --pool "${WORKER_POOL:-prefork}" \
       --concurrency "${WORKER_CONCURRENCY:-1}" \
       --loglevel "${LOG_LEVEL:-info}" \
       --task-events "$@"

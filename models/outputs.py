@@ -8,7 +8,8 @@ grid to the fixed image), ``jacobian.nii.gz`` (det of the map's Jacobian on the 
 mask as a DICOM SEG referencing the fixed series, :mod:`models.io.dicom_seg`).
 ``models.register.register_files``, which both call, adds ``report.json``
 beside them (and the service a ``preview.png``).
-Imports no torch: the files come from SimpleITK images the registration already made.
+Imports no torch: the files come from SimpleITK images the registration already made (reading them
+back, :func:`read_registration_outputs`, builds ``models.register``'s result and imports it then).
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import SimpleITK as sitk
+
 from models.io.dicom_seg import write_dicom_seg
 from models.io.errors import DicomSegError
-from models.io.image import Image
+from models.io.image import LABEL, Image
 from models.io.readers.dicom_sources import dicom_source_datasets
 from models.io.readers.source import DICOM
-from models.io.writers import write_image
+from models.io.writers import displacement_voxels, write_image
 
 if TYPE_CHECKING:  # only for the annotation: models.register imports torch
     from models.register import RegistrationResult
 
 __all__ = ["DISPLACEMENT", "INVERSE_DISPLACEMENT", "JACOBIAN", "WARPED", "WARPED_MASK", "WARPED_MASK_SEG", "REPORT",
-           "DISPLACEMENT_UNITS", "write_registration_outputs", "write_warped_mask_seg"]
+           "DISPLACEMENT_UNITS", "write_registration_outputs", "read_registration_outputs", "write_warped_mask_seg"]
 
 DISPLACEMENT, WARPED, WARPED_MASK, REPORT = "displacement.nii.gz", "warped.nii.gz", "warped_mask.nii.gz", "report.json"
 INVERSE_DISPLACEMENT, JACOBIAN = "inverse_displacement.nii.gz", "jacobian.nii.gz"
@@ -54,6 +57,24 @@ def write_registration_outputs(out_dir: str | Path, result: RegistrationResult) 
         paths[role] = out_dir / name
         write_image(image, paths[role])
     return paths
+
+
+def read_registration_outputs(out_dir: str | Path, report: dict[str, Any]) -> RegistrationResult:
+    """The registration that :func:`write_registration_outputs` wrote into ``out_dir``, read back.
+
+    For what is made later from a finished registration (its preview, drawn when first asked for):
+    the field in voxels comes back from the millimetre file to float32 precision.
+    """
+    from models.register import RegistrationResult  # models.register imports this module
+
+    out_dir = Path(out_dir)
+    read = lambda name: sitk.ReadImage(str(out_dir / name))  # noqa: E731
+    field_mm = read(DISPLACEMENT)
+    mask = out_dir / WARPED_MASK
+    return RegistrationResult(
+        disp_vox=displacement_voxels(field_mm), field_mm=field_mm, warped=Image.from_sitk(read(WARPED)),
+        warped_mask=Image.from_sitk(read(WARPED_MASK), LABEL) if mask.exists() else None,
+        jacobian=read(JACOBIAN), inverse_mm=read(INVERSE_DISPLACEMENT), report=dict(report))
 
 
 def write_warped_mask_seg(out_dir: str | Path, result: RegistrationResult, fixed: Image, fixed_path: Path,

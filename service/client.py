@@ -42,7 +42,6 @@ FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 DOWNLOADS = ("displacement", "inverse-displacement", "jacobian", "warped-image", "warped-mask",
              "warped-mask-seg", "report", "preview.png")
 UPLOAD_READ_TIMEOUT_S = 600.0  # the server checks an uploaded dataset or model before it answers: minutes
-PREVIEW_WAIT_S = 10.0
 _SHA256 = re.compile(r'^(?:W/)?"?([0-9a-f]{64})"?$')
 _FILENAME = re.compile(r'filename="([^"/\\]+)"')
 
@@ -262,16 +261,12 @@ class AdacsClient:
 
     def wait_registration(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5,
                           on_progress: OnProgress = None) -> Job:
-        """The job once finished, a succeeded one with its preview (added just after: ``PREVIEW_WAIT_S`` at most);
-        ``on_progress`` gets every read; ``TimeoutError`` after ``timeout`` seconds (None: never)."""
+        """The job once finished; ``on_progress`` gets every read; ``TimeoutError`` after ``timeout`` seconds
+        (None: never). A succeeded job's preview.png is drawn when first downloaded: not listed until then."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while (job := _poll_once(lambda: self.get_registration(job_id), on_progress, deadline, poll_s,
                                  f"registration {job_id}", timeout)) is None:
             pass
-        grace = time.monotonic() + PREVIEW_WAIT_S
-        while job["status"] == "succeeded" and "preview" not in job["outputs"] and time.monotonic() < grace:
-            time.sleep(min(poll_s, 0.1))
-            job = _poll_once(lambda: self.get_registration(job_id), on_progress, None, poll_s, "", None)
         return job
 
     def download(self, job_id: str, what: str, dest: PathLike) -> Path:
@@ -282,7 +277,8 @@ class AdacsClient:
         return self._download(f"/v1/registrations/{_segment(job_id)}/{what}", Path(dest), verify_etag=True)
 
     def download_all(self, job_id: str, out_dir: PathLike) -> dict[str, Path]:
-        """Every output the finished job lists, into ``out_dir`` under the server's file names; by role."""
+        """Every output the finished job lists, and its preview.png (drawn on this request if it was not yet),
+        into ``out_dir`` under the server's file names; by role."""
         job = self.get_registration(job_id)
         if job["status"] != "succeeded":
             # Let the server say why there is nothing: 409 while it runs, 404 naming the failure.
@@ -294,6 +290,8 @@ class AdacsClient:
             name = Path(entry["file"]).name  # a bare name, whatever the answer says: never outside out_dir
             paths[role] = self._download(f"/v1/registrations/{_segment(job_id)}/{what}", out / name,
                                          sha256=entry["sha256"])
+        if "preview" not in paths:
+            paths["preview"] = self.download(job_id, "preview.png", out / "preview.png")
         return paths
 
     def _download(self, path: str, dest: Path, sha256: str | None = None, verify_etag: bool = False) -> Path:

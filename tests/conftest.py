@@ -286,20 +286,22 @@ def zip_folder() -> Callable[..., bytes]:
 
 
 class WorkerProcess:
-    """A real Celery worker subprocess (``--pool solo``) in its own process group, logging to a file.
+    """A real Celery worker subprocess (``--pool solo`` unless ``pool`` says ``(name, concurrency)``) in its
+    own process group, logging to a file.
 
     ``kill()`` SIGKILLs the whole group, as a lost machine would; ``stop()`` asks it to finish. With
     ``beat=True`` it also runs Celery beat (the reaper's schedule), as ``adacs serve`` does.
     """
 
-    def __init__(self, env: dict[str, str], queues: list[str], log: Path, beat: bool = False) -> None:
+    def __init__(self, env: dict[str, str], queues: list[str], log: Path, beat: bool = False,
+                 pool: tuple[str, int] = ("solo", 1)) -> None:
         import subprocess
         import sys
 
         root = Path(__file__).resolve().parents[1]
         self.log = log
         command = [sys.executable, "-m", "celery", "--app", "worker.celery_app:app", "worker", "--queues",
-                   ",".join(queues), "--pool", "solo", "--concurrency", "1", "--hostname",
+                   ",".join(queues), "--pool", pool[0], "--concurrency", str(pool[1]), "--hostname",
                    f"{queues[0]}-{secrets.token_hex(3)}@%h", "--loglevel", "INFO", "--without-gossip",
                    "--without-mingle", "--without-heartbeat"]
         if beat:
@@ -335,11 +337,13 @@ class WorkerProcess:
 
 
 def _worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
-    """``start(env, queues, log, beat=False)`` starts a :class:`WorkerProcess`; all stop at teardown."""
+    """``start(env, queues, log, beat=False, pool=("solo", 1))`` starts a :class:`WorkerProcess`; all stop at
+    teardown."""
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], queues: list[str], log: Path, beat: bool = False) -> WorkerProcess:
-        started.append(WorkerProcess(env, queues, log, beat))
+    def start(env: dict[str, str], queues: list[str], log: Path, beat: bool = False,
+              pool: tuple[str, int] = ("solo", 1)) -> WorkerProcess:
+        started.append(WorkerProcess(env, queues, log, beat, pool))
         return started[-1]
 
     yield start

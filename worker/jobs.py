@@ -34,7 +34,7 @@ from service.storage import ArtifactStore, LocalArtifactStore
 from worker.failures import TRANSIENT_ERRORS, JobFailure, describe_failure
 
 __all__ = ["Claim", "JobStopped", "JobMonitor", "claim_job", "finish_job", "worker_name", "run_job", "Work",
-           "AfterSuccess", "add_output"]
+           "add_output"]
 
 log = logging.getLogger(__name__)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -194,18 +194,12 @@ class JobMonitor:
 Work = Callable[[Claim, Engine, ArtifactStore, JobMonitor], dict[str, Any]]
 
 
-#: Work that may follow a success, off the client's critical path (a registration's preview picture).
-AfterSuccess = Callable[[Claim, Engine, ArtifactStore], None]
-
-
-def run_job(job_id: str, kind: JobKind, settings: Settings, work: Work, *, only_if_queued: bool = False,
-            after_success: AfterSuccess | None = None) -> None:
+def run_job(job_id: str, kind: JobKind, settings: Settings, work: Work, *, only_if_queued: bool = False) -> None:
     """A delivery's whole life: claim the job, run ``work`` under a heartbeat, record the outcome once.
 
     Cancelled -> ``cancelled``; overtaken -> nothing written; a transient database error is
     raised for Celery to retry; any other exception fails the job with its code and message (a
-    short traceback for unexpected ones); otherwise ``succeeded`` with ``work``'s result, and then
-    ``after_success`` runs (its failure is logged: the job has succeeded and stays so).
+    short traceback for unexpected ones); otherwise ``succeeded`` with ``work``'s result.
     """
     engine = get_engine(settings.database_url, settings.db_busy_timeout_ms)
     store = LocalArtifactStore(settings.artifact_dir)
@@ -229,14 +223,7 @@ def run_job(job_id: str, kind: JobKind, settings: Settings, work: Work, *, only_
                 failure.error_text, exc_info=failure.traceback is not None)
         finish_job(engine, claim, JobStatus.FAILED, result={"error": failure.to_dict()}, error=failure.error_text)
         return
-    if finish_job(engine, claim, JobStatus.SUCCEEDED, result=result) and after_success is not None:
-        try:
-            after_success(claim, engine, store)
-        except TRANSIENT_ERRORS:
-            log.warning("%s job %s: the step after its success met a database error; skipped", kind.value, job_id)
-        except Exception:
-            log.exception("%s job %s: the step after its success failed; the job stays succeeded", kind.value,
-                          job_id)
+    finish_job(engine, claim, JobStatus.SUCCEEDED, result=result)
 
 
 def add_output(engine: Engine, claim: Claim, role: str, output: dict[str, Any]) -> bool:

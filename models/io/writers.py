@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["write_image", "displacement_image"]
+__all__ = ["write_image", "displacement_image", "displacement_voxels"]
 
 
 def write_image(image: sitk.Image, path: str | Path) -> None:
@@ -40,6 +40,17 @@ def displacement_image(disp_vox: np.ndarray, reference: sitk.Image) -> sitk.Imag
     field = sitk.GetImageFromArray(vectors, isVector=True)
     field.CopyInformation(reference)
     return field
+
+
+def displacement_voxels(field_mm: sitk.Image) -> np.ndarray:
+    """The inverse of :func:`displacement_image`: an ITK displacement field in mm -> ``(ndim, *array_shape)``
+    voxels along the array axes (what a registration's ``disp_vox`` holds), for files read back."""
+    ndim = field_mm.GetDimension()
+    vectors = sitk.GetArrayFromImage(field_mm).astype(np.float64)  # (*array_shape, ndim), ITK (x, y, z) order
+    direction = np.asarray(field_mm.GetDirection(), dtype=np.float64).reshape(ndim, ndim)
+    spacing = np.asarray(field_mm.GetSpacing(), dtype=np.float64)
+    u_index = np.linalg.solve(direction, vectors.reshape(-1, ndim).T) / spacing[:, None]
+    return u_index[::-1].reshape(ndim, *vectors.shape[:-1]).astype(np.float32)
 
 
 def _array_shape(image: sitk.Image) -> tuple[int, ...]:

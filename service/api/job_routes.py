@@ -10,10 +10,10 @@ those rules once, for one job kind.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -28,11 +28,12 @@ from service.jobs.tasks import TaskSender
 from service.storage import ArtifactStore
 from service.storage.atomic import CHUNK
 
-__all__ = ["JobFiles", "BrokerUnavailable", "POLL_S", "FAST_POLL_S", "FAST_POLL_FOR_S"]
+__all__ = ["JobFiles", "BrokerUnavailable", "POLL_S", "FAST_POLL_S", "FAST_POLL_FOR_S", "ON_DEMAND_WAIT_S"]
 
 POLL_S = 0.1
 FAST_POLL_S = 0.01
 FAST_POLL_FOR_S = 2.0
+ON_DEMAND_WAIT_S = 30.0  # a download of an output made on demand waits this long for a worker to make it
 
 
 class BrokerUnavailable(ApiError):
@@ -58,13 +59,16 @@ class JobFiles:
     ``downloads`` maps a URL segment to ``(output role, media type, file name)``; ``absent`` says
     why an optional output may be missing (appended to the 404); ``operation`` prefixes the
     download routes' operation ids (``download_displacement``: clients generated from the schema
-    call them by these names).
+    call them by these names). ``on_demand`` names the outputs a worker makes only when first asked
+    for (a registration's preview): the download sends the task and waits up to :data:`ON_DEMAND_WAIT_S`.
     """
 
     def __init__(self, kind: JobKind, noun: str, list_url: str, downloads: Mapping[str, tuple[str, str, str]],
-                 absent: Mapping[str, str] | None = None, operation: str = "download_") -> None:
+                 absent: Mapping[str, str] | None = None, operation: str = "download_",
+                 on_demand: Mapping[str, Callable[[TaskSender, str], None]] | None = None) -> None:
         self.kind, self.noun, self.list_url, self.operation = kind, noun, list_url, operation
         self.downloads, self.absent = dict(downloads), dict(absent or {})
+        self.on_demand = dict(on_demand or {})
         self.segment_of = {role: segment for segment, (role, _, _) in self.downloads.items()}
 
     def not_found(self, job_id: str) -> ApiError:
@@ -130,8 +134,12 @@ class JobFiles:
         return {role: {"file": entry.file, "url": f"{base}/{self.segment_of[role]}", "sha256": entry.sha256,
                        "size_bytes": entry.size_bytes} for role, entry in outputs.items() if role in self.segment_of}
 
-    def output(self, session: Session, job_id: str, segment: str, principal: Principal) -> OutputFile:
-        """The stored output behind ``segment``, or the 404/409/410 that says why there is none."""
+    def output(self, session: Session, job_id: str, segment: str, principal: Principal,
+               tasks: TaskSender | None = None) -> OutputFile:
+        """The stored output behind ``segment``, or the 404/409/410 that says why there is none.
+
+        An ``on_demand`` output not made yet is asked of a worker through ``tasks``, then waited for.
+        """
         role, _, file = self.downloads[segment]
         job = self.load(session, job_id, principal)
         what = f"{self.noun} {job_id}"
@@ -145,9 +153,32 @@ class JobFiles:
             raise ApiError(404, f"{what} {job.status.value} ({job.error or 'no error recorded'}), so it has no "
                                 f"{file}", "no_output")
         entry = RegistrationResult.read(job.result).outputs.get(role)
+        if entry is None and role in self.on_demand and tasks is not None:
+            entry = self._made_on_demand(session, job, role, tasks)
         if entry is None:
             raise ApiError(404, f"{what} has no {file}{self.absent.get(role, '')}", "no_output")
         return entry
+
+    def _made_on_demand(self, session: Session, job: Job, role: str, tasks: TaskSender) -> OutputFile:
+        """Ask a worker for output ``role`` of ``job`` and wait for it; a 404 ``not_ready`` (with
+        ``Retry-After``) if it is not there in time, e.g. behind a queue of registrations."""
+        try:
+            self.on_demand[role](tasks, job.id)
+        except Exception as error:
+            raise BrokerUnavailable(error) from error
+        deadline = time.monotonic() + ON_DEMAND_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(FAST_POLL_S * 5)
+            session.commit()  # a fresh read of the worker's commit
+            session.refresh(job)
+            entry = RegistrationResult.read(job.result).outputs.get(role) if job.status == JobStatus.SUCCEEDED \
+                else None
+            if entry is not None or job.status != JobStatus.SUCCEEDED or job.expired_at is not None:
+                return entry
+        file = next(name for segment_role, _, name in self.downloads.values() if segment_role == role)
+        raise ApiError(404, f"{self.noun} {job.id}: {file} is being drawn (it is made when first asked for) and "
+                            f"was not ready within {ON_DEMAND_WAIT_S:.0f} s; try again shortly", "not_ready",
+                       headers={"Retry-After": "5"})
 
     def add_download_routes(self, router: APIRouter, job_id_type: Any) -> None:
         """``GET {job_id}/{segment}`` for every download, streamed from the store with its sha256 as ETag."""
@@ -158,9 +189,9 @@ class JobFiles:
         role, media_type, file = self.downloads[segment]
         files = self
 
-        def download(job_id: str, session: SessionDep, store: StoreDep,
+        def download(job_id: str, request: Request, session: SessionDep, store: StoreDep,
                      principal: CurrentPrincipal) -> StreamingResponse:
-            entry = files.output(session, job_id, segment, principal)
+            entry = files.output(session, job_id, segment, principal, getattr(request.state, "tasks", None))
             stream = _chunks(store, entry.sha256)
             first = next(stream, b"")  # opens the object now: a missing one is an error answer, not a cut stream
             headers = {"Content-Disposition": f'attachment; filename="{file}"', "ETag": f'"{entry.sha256}"',

@@ -18,11 +18,14 @@ from celery import Celery
 
 from service.core.config import Settings
 
-__all__ = ["REGISTRATION_TASK", "CINE_TASK", "TRAINING_TASK", "REAP_TASK", "RETENTION_TASK", "TASK_OF_KIND",
-           "FILESYSTEM_POLLING_INTERVAL_S", "task_routes", "broker_config", "client_config", "TaskSender"]
+__all__ = ["REGISTRATION_TASK", "CINE_TASK", "PREVIEW_TASK", "TRAINING_TASK", "REAP_TASK", "RETENTION_TASK",
+           "TASK_OF_KIND", "FILESYSTEM_POLLING_INTERVAL_S", "task_routes", "broker_config", "client_config",
+           "TaskSender"]
 
 REGISTRATION_TASK = "adacs.registration.run"
 CINE_TASK = "adacs.cine.run"
+PREVIEW_TASK = "adacs.registration.preview"
+"""Draws a succeeded registration's ``preview.png`` when a client first asks for it: ``args=[job_id]``."""
 TRAINING_TASK = "adacs.training.run"
 REAP_TASK = "adacs.maintenance.reap_stale_jobs"
 RETENTION_TASK = "adacs.maintenance.retention"
@@ -50,6 +53,7 @@ def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
     which every worker serves in compose."""
     queues = _queues(settings)
     return {REGISTRATION_TASK: {"queue": queues["registration"]}, CINE_TASK: {"queue": queues["cine"]},
+            PREVIEW_TASK: {"queue": queues["registration"]},
             TRAINING_TASK: {"queue": queues["training"]},
             REAP_TASK: {"queue": settings.inference_queue}, RETENTION_TASK: {"queue": settings.inference_queue}}
 
@@ -114,6 +118,10 @@ class TaskSender:
         kind = getattr(kind, "value", kind)  # a JobKind is looked up by its value
         kwargs = {"only_if_queued": True} if only_if_queued else {}
         self.app.send_task(TASK_OF_KIND[kind], args=[job_id], kwargs=kwargs, queue=self.queues[kind])
+
+    def send_preview(self, job_id: str) -> None:
+        """Ask a worker to draw the preview of succeeded registration ``job_id`` (:data:`PREVIEW_TASK`)."""
+        self.app.send_task(PREVIEW_TASK, args=[job_id], queue=self.inference_queue)
 
     def close(self) -> None:
         """Release the connections of the app this sender made (never those of an app it was given)."""

@@ -17,7 +17,6 @@ from service.db import JobStatus
 from worker import batching
 from worker.batching import ForwardBatcher
 from worker.model_cache import MODEL_CACHE
-from worker.tasks import registration
 from worker.tasks.registration import run_registration
 
 
@@ -160,7 +159,7 @@ def test_jobs_in_a_thread_pool_share_a_forward_and_a_bad_one_fails_alone(setting
 
     monkeypatch.setattr(batching, "predict_deformation", counting_and_refusing_same)
     batcher = ForwardBatcher(max_pairs=16, window_s=10.0)
-    monkeypatch.setattr(registration, "forward_batcher", lambda: batcher)
+    monkeypatch.setattr(batching, "forward_batcher", lambda: batcher)
     barrier = threading.Barrier(len(jobs))
     entered = batcher.registering
 

@@ -2,6 +2,7 @@
 
 import time
 
+import numpy as np
 import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
@@ -9,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from service.db import Job, JobKind, JobStatus, session_scope
 from service.storage import LocalArtifactStore
 from worker.jobs import JobMonitor, JobStopped, claim_job, finish_job
+from worker.preview import write_preview
 from worker.tasks import registration
 from worker.tasks.registration import run_registration
 
@@ -127,22 +129,53 @@ def test_an_unexpected_error_fails_the_job_with_a_traceback_and_is_not_raised(
     assert sorted(p.name for p in job_dir.iterdir()) == ["inputs"]
 
 
-def test_the_preview_is_attached_after_success_and_its_failure_leaves_the_job_succeeded(
-        settings, register_model, create_job, load_job, monkeypatch):
-    register_model(settings)
+def test_the_preview_is_drawn_on_demand_from_the_files_and_its_failure_leaves_the_job_succeeded(
+        settings, register_model, create_job, load_job, image_pair, monkeypatch, caplog):
+    """Not drawn with the job (it costs more than a 2D registration); ``draw_preview`` makes it from the
+    job's files, with the arrays the registration had in memory."""
+    from models.artifact import load_artifact
+    from models.register import register_files
+    from worker.preview_data import gather
+
+    sha = register_model(settings)
     job_id = create_job(settings)
     run_registration(job_id, settings=settings)
     job = load_job(settings, job_id)
     outputs = LocalArtifactStore(settings.artifact_dir).job_dir(job_id) / "outputs"
-    assert job.status == JobStatus.SUCCEEDED and job.result["outputs"]["preview"]["file"] == "preview.png"
+    assert job.status == JobStatus.SUCCEEDED and "preview" not in job.result["outputs"]
+    assert not (outputs / "preview.png").exists()
+
+    drawn = {}
+
+    def recording(path, done):
+        drawn["data"] = gather(done)
+        return write_preview(path, done)
+
+    monkeypatch.setattr(registration, "write_preview", recording)
+    assert registration.draw_preview(job_id, settings=settings)
+    job = load_job(settings, job_id)
+    assert job.result["outputs"]["preview"]["file"] == "preview.png" and job.status == JobStatus.SUCCEEDED
     assert (outputs / "preview.png").read_bytes().startswith(b"\x89PNG") and not list(outputs.glob(".*"))
+    assert not registration.draw_preview(job_id, settings=settings), "drawn once"
+
+    model = load_artifact(LocalArtifactStore(settings.artifact_dir).checkout_dir(sha), device="cpu")
+    in_memory = gather(register_files(lambda: model, image_pair, outputs.parent / "again", model_fields={}))
+    from_files = drawn["data"]
+    for name in ("fixed", "warped", "jacobian", "moving_mask", "warped_mask", "fixed_mask"):
+        np.testing.assert_allclose(getattr(from_files, name), getattr(in_memory, name), atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(from_files.disp, in_memory.disp, atol=1e-4)  # via the mm file in float32
+    assert (from_files.names, from_files.dice) == (in_memory.names, in_memory.dice)
 
     monkeypatch.setattr(registration, "write_preview", lambda *a, **k: 1 / 0)
     job_id = create_job(settings)
     run_registration(job_id, settings=settings)
+    with caplog.at_level("ERROR"):
+        monkeypatch.setattr(registration, "get_settings", lambda: settings)
+        registration.preview.run(job_id)  # the Celery task's body: logs, never raises
     job = load_job(settings, job_id)
-    assert job.status == JobStatus.SUCCEEDED and job.error is None
-    assert "preview" not in job.result["outputs"] and "displacement" in job.result["outputs"]
+    assert job.status == JobStatus.SUCCEEDED and job.error is None and "preview" not in job.result["outputs"]
+    assert "could not be drawn" in caplog.text
+    assert not registration.draw_preview(create_job(settings), settings=settings), "a queued job has none"
 
 
 def test_a_claim_is_won_once_and_an_overtaken_attempt_writes_nothing(settings, engine, create_job, load_job):

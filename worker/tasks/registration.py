@@ -67,14 +67,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from models.io.readers.inputs import read_registration_inputs
 from service.core.config import Settings, get_settings
-from service.db import JobKind, session_scope
+from service.db import Job, JobKind, JobStatus, get_engine, session_scope
 from service.jobs.registration import OutputFile, RegistrationParams, RegistrationResult
 from service.jobs.schema import InvalidJobParams, ModelVersionRef
-from service.jobs.tasks import REGISTRATION_TASK
+from service.jobs.tasks import PREVIEW_TASK, REGISTRATION_TASK
 from service.registry import resolve
-from service.storage import ArtifactStore
-from worker.batching import forward_batcher
+from service.storage import ArtifactStore, LocalArtifactStore
+from worker.celery_app import app
+from worker.failures import TRANSIENT_ERRORS
 from worker.jobs import Claim, JobMonitor, add_output, run_job
 from worker.model_cache import MODEL_CACHE, default_device
 from worker.preview import write_preview
@@ -83,10 +85,10 @@ from worker.tasks.job_task import job_task
 if TYPE_CHECKING:  # models.register imports torch; the task imports it when it runs
     from models.register import RegisteredFiles
 
-__all__ = ["run_registration", "run", "write_outputs", "attach_preview", "PREVIEW"]
+__all__ = ["run_registration", "run", "write_outputs", "attach_preview", "draw_preview", "preview", "PREVIEW"]
 
 log = logging.getLogger(__name__)
-PREVIEW = "preview.png"
+PREVIEW, PREVIEW_ROLE = "preview.png", "preview"
 # The phases of models.register.register_files, in order, and the key of each one's time in
 # ``result["timings_s"]`` (a contract with clients: see the module docstring).
 TIMED_PHASES = {"loading_model": "load_model", "reading_inputs": "read_inputs", "registering": "register",
@@ -147,6 +149,48 @@ def attach_preview(claim: Claim, engine: Engine, store: ArtifactStore, done: Reg
         path.unlink(missing_ok=True)  # deleted or expired meanwhile: leave nothing behind
 
 
+def draw_preview(job_id: str, *, settings: Settings | None = None) -> bool:
+    """Draw ``preview.png`` of succeeded registration ``job_id`` from its files and attach it.
+
+    Drawn when a client first asks for it (the API sends :data:`PREVIEW_TASK`), not with every job:
+    the picture costs more worker time than a 2D registration itself (about 0.15 s against 0.1 s),
+    and most jobs of a study are never looked at. False when there is nothing to draw: the job is
+    gone, not succeeded, expired, or already has its preview (a second request raced the first).
+    """
+    settings = settings or get_settings()
+    engine = get_engine(settings.database_url, settings.db_busy_timeout_ms)
+    store = LocalArtifactStore(settings.artifact_dir)
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.kind != JobKind.REGISTRATION or job.status != JobStatus.SUCCEEDED \
+                or job.expired_at is not None or PREVIEW_ROLE in (job.result or {}).get("outputs", {}):
+            return False
+        claim = Claim(job_id, job.attempts, dict(job.params or {}))
+        report = dict((job.result or {}).get("report") or {})
+    from models.outputs import read_registration_outputs
+    from models.register import RegisteredFiles
+
+    params = RegistrationParams.parse(claim.params)
+    job_dir = store.job_dir(job_id)
+    images = read_registration_inputs(input_paths(job_dir, params.inputs), series=params.series,
+                                      frames=params.frames, max_voxels=settings.max_voxels)
+    done = RegisteredFiles(read_registration_outputs(job_dir / "outputs", report), images, {}, report)
+    attach_preview(claim, engine, store, done)
+    return True
+
+
+@app.task(name=PREVIEW_TASK, autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=60,
+          retry_jitter=True, max_retries=5)
+def preview(job_id: str) -> None:
+    """Celery's wrapper of :func:`draw_preview`; a picture that cannot be drawn is logged, never raised."""
+    try:
+        draw_preview(job_id)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        log.exception("registration %s: its preview could not be drawn", job_id)
+
+
 def resolve_model(engine: Engine, ref: str) -> ModelVersionRef:
     with session_scope(engine) as session:
         version = resolve(session, ref)
@@ -185,12 +229,11 @@ class Phases:
 
 
 def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactStore,
-              monitor: JobMonitor) -> tuple[dict[str, Any], RegisteredFiles]:
-    """The job's work: the CLI's pipeline into a staging folder, then the worker's own (store, publish).
-
-    Returns the job's ``result``, and the registration in memory for the preview drawn after it.
-    """
+              monitor: JobMonitor) -> dict[str, Any]:
+    """The job's work: the CLI's pipeline into a staging folder, then the worker's own (store, publish);
+    returns the job's ``result``."""
     from models.register import register_files
+    from worker import batching  # imports torch
 
     phases = Phases(monitor)
     params = RegistrationParams.parse(claim.params)
@@ -204,13 +247,14 @@ def _register(claim: Claim, settings: Settings, engine: Engine, store: ArtifactS
                               model_fields={"model": model.ref, "model_sha256": model.sha256},
                               series=params.series, frames=params.frames, max_voxels=settings.max_voxels,
                               refine_steps=params.refine_steps, refine_time_limit_s=params.refine_time_limit_s,
-                              label_names=params.label_names, on_phase=phases, forward=forward_batcher())
+                              label_names=params.label_names, on_phase=phases,
+                              forward=batching.forward_batcher())
         outputs = write_outputs(store, job_dir, staging, done, before_publish=monitor.confirm)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result = RegistrationResult(model=model, outputs=outputs, report=done.report, timings_s=phases.timings_s(),
                                 device=device, attempt=claim.attempt)
-    return result.to_row(), done
+    return result.to_row()
 
 
 def run_registration(job_id: str, *, settings: Settings | None = None, only_if_queued: bool = False) -> None:
@@ -220,15 +264,14 @@ def run_registration(job_id: str, *, settings: Settings | None = None, only_if_q
     outcome is written to the job row (``worker.jobs.run_job``).
     """
     settings = settings or get_settings()
-    made: dict[str, RegisteredFiles] = {}
 
     def work(claim: Claim, engine: Engine, store: ArtifactStore, monitor: JobMonitor) -> dict[str, Any]:
-        with forward_batcher().registering():  # the forward may be shared with concurrent registrations
-            result, made["done"] = _register(claim, settings, engine, store, monitor)
-        return result
+        from worker import batching  # imports torch
 
-    run_job(job_id, JobKind.REGISTRATION, settings, work, only_if_queued=only_if_queued,
-            after_success=lambda claim, engine, store: attach_preview(claim, engine, store, made["done"]))
+        with batching.forward_batcher().registering():  # the forward may be shared with concurrent registrations
+            return _register(claim, settings, engine, store, monitor)
+
+    run_job(job_id, JobKind.REGISTRATION, settings, work, only_if_queued=only_if_queued)
 
 
 run = job_task(REGISTRATION_TASK, run_registration)

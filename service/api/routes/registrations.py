@@ -56,10 +56,12 @@ DOWNLOADS = {
 }
 # Why an optional output is absent, as the 404 says it.
 _ABSENT = {"warped_mask": " (no moving_mask was uploaded)",
-           "preview": " yet: it is drawn just after the job succeeds, off the request's path; try again in a second",
+           "preview": " (it is drawn by a worker when first asked for, and this one could not draw it)",
            "warped_mask_seg": " (a DICOM SEG is made only for a DICOM fixed image with a moving_mask; when the "
                               "fixed series could not carry one, the report's dicom_seg says why)"}
-FILES = JobFiles(JobKind.REGISTRATION, "registration", f"{API_V1}/registrations", DOWNLOADS, _ABSENT)
+# preview.png is drawn when first downloaded (worker.tasks.registration.draw_preview), not with every job.
+FILES = JobFiles(JobKind.REGISTRATION, "registration", f"{API_V1}/registrations", DOWNLOADS, _ABSENT,
+                 on_demand={"preview": lambda tasks, job_id: tasks.send_preview(job_id)})
 MAX_WAIT_S = 60.0
 SERIES_PATTERN = r"^[0-9.]*$"  # a DICOM UID (digits and dots), or its prefix
 MAX_FRAME = 100_000

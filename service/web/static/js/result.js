@@ -155,18 +155,14 @@ function keys(event, view, state) {
   event.preventDefault();
 }
 
-/** The job once its preview.png is listed: the worker adds it just after the job succeeded. */
-async function withPreview(job, tries = 40) {
-  for (let n = 0; n < tries && !job.outputs.preview; n++) {
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    job = await getJson(job.url);
-  }
-  return job;
+/** The outputs with preview.png listed even before it exists: the service draws it when first downloaded. */
+function withPreview(job) {
+  const preview = { file: "preview.png", url: `/v1/registrations/${job.id}/preview.png`, size_bytes: null };
+  return { ...job.outputs, preview: job.outputs.preview || preview };
 }
 
 async function preview(box, job) {
-  job = await withPreview(job);
-  const blob = await (await request(url(job, "preview"))).blob();
+  const blob = await (await request(withPreview(job).preview.url)).blob();
   box.replaceChildren(h("img", { src: URL.createObjectURL(blob), alt: "the service's preview of the registration" }));
   box.dataset.ready = "preview";
 }
@@ -181,8 +177,7 @@ export async function showRegistration(container, job, local) {
   const box = h("div", { class: "viewer", id: "viewer", tabindex: 0, "aria-label": "Image; arrow keys change the slice" });
   const side = { controls: h("div", { class: "controls" }), sliceTable: h("div", { class: "scroll" }) };
   const r = job.report || {};
-  const links = downloads(job.outputs);
-  withPreview(job).then((later) => links.replaceWith(downloads(later.outputs))).catch(() => {});
+  const links = downloads(withPreview(job));
   container.replaceChildren(h("h2", {}, "Result"),
     h("p", {}, `model ${job.model_version} · folding ${fmt(r.folding_pct, 3)} % · ${fmt(job.timings_s?.total, 1)} s`),
     h("div", { class: "result" }, box, h("div", {}, side.controls, h("h3", {}, "Dice (%)"), diceTable(r),

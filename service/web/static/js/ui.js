@@ -58,7 +58,8 @@ export function downloads(outputs) {
         event.preventDefault();
         saveAs(out.url, out.file).catch((error) => announce(`download failed: ${errorText(error)}`));
       },
-    }, out.file), h("span", { class: "note" }, ` ${(out.size_bytes / 1024).toFixed(0)} KiB`)));
+    }, out.file), h("span", { class: "note" },
+      out.size_bytes == null ? " drawn when first downloaded" : ` ${(out.size_bytes / 1024).toFixed(0)} KiB`)));
   return h("ul", { class: "downloads", "aria-label": "Downloads" }, items);
 }
 
