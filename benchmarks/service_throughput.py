@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_config(config, args, model_dir, files, work)
     text = "\n".join([
         "# Service throughput: registrations per second by worker pool and clients", "",
-        f"Command: `python benchmarks/service_throughput.py {shlex.join(argv)}`", "",
+        f"Command: `{' '.join(['python benchmarks/service_throughput.py', *map(shlex.quote, argv)])}`", "",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {machine(load_start)}.", "",
         f"Server: embedded `adacs serve --workers N --pool P` (SQLite, filesystem broker, "
         f"OMP_NUM_THREADS={args.torch_threads}). Pairs: {'×'.join(map(str, args.shape))} 2D, four `.nii.gz` "

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from models.artifact import LoadedModel
 from models.cine import CineResult, register_cine
+from models.inference import for_inference
 from models.io.atomic import write_json_atomic
 from models.io.readers.header import DEFAULT_MAX_VOXELS
 from models.io.readers.inputs import read_cine_inputs
@@ -140,6 +141,7 @@ def register_cine_files(load_model: Callable[[], LoadedModel], cine: Path, refer
     start = time.perf_counter()
     on_phase("loading_model")
     model = load_model()
+    for_inference(model.estimator, model.ndim)
     load_s = time.perf_counter() - start
     on_phase("reading_inputs")
     frames, mask = read_cine_inputs(Path(cine), Path(reference_mask), series=series, max_voxels=max_voxels,

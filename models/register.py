@@ -32,7 +32,7 @@ import torch
 from models.artifact import LoadedModel
 from models.data.crop import mask_centroid
 from models.field_maps import invert_field, jacobian_image, jacobian_summary
-from models.inference import predict_deformation
+from models.inference import for_inference, predict_deformation
 from models.intensity import normalize_intensity
 from models.io.atomic import write_json_atomic
 from models.io.image import Image
@@ -225,6 +225,7 @@ def register_files(load_model: Callable[[], LoadedModel], inputs: Mapping[str, P
     start = time.perf_counter()
     on_phase("loading_model")
     model = load_model()
+    for_inference(model.estimator, model.ndim)
     load_s = time.perf_counter() - start
     on_phase("reading_inputs")
     images = read_registration_inputs(inputs, series=series, frames=frames, max_voxels=max_voxels)
