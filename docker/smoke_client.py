@@ -102,10 +102,11 @@ def register(model: str | None = None) -> None:
         job = _finished(http, f"/v1/registrations/{_send_pair(http, model, wait_s=60)['id']}")
         if job["status"] != "succeeded":
             fail(f"registration {job['id']} {job['status']}: {job.get('error')}")
-        deadline = time.monotonic() + 30  # the preview is drawn just after the job succeeded
-        while "preview" not in job["outputs"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-            job = http.get(f"/v1/registrations/{job['id']}").json()
+        # preview.png is drawn by a worker when first downloaded: the API waits for it.
+        response = http.get(f"/v1/registrations/{job['id']}/preview.png")
+        if response.status_code != 200 or not response.content.startswith(b"\x89PNG"):
+            fail(f"downloading preview.png answered {response.status_code}")
+        job = http.get(f"/v1/registrations/{job['id']}").json()
         out = DATA / "out" / job["id"]
         out.mkdir(parents=True, exist_ok=True)
         for role in ("displacement", "warped", "warped_mask", "report", "preview"):
