@@ -122,7 +122,7 @@ def invert_field(field: sitk.Image, moving_reference: sitk.Image, start: sitk.Im
     q = _points(moving_reference)
     v = sample_field(start, q, "edge") if start is not None else -sample_field(field, q, "edge")
     iterations = _polish(field, q.reshape(-1, q.shape[-1]), v.reshape(-1, v.shape[-1]))
-    inverse = sitk.GetImageFromArray(v, isVector=True)
+    inverse = sitk.GetImageFromArray(v.astype(np.float32), isVector=True)  # as the forward field is stored
     inverse.CopyInformation(moving_reference)
     mean, p99, largest = _round_trip(field, inverse, moving_reference)
     return InverseField(inverse, mean, largest, p99, iterations, "velocity" if start is not None else "displacement")

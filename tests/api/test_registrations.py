@@ -7,6 +7,9 @@ row, no files and no message.
 
 import base64
 import json
+import threading
+import time
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -375,3 +378,43 @@ def test_an_unreachable_broker_is_503_and_the_job_is_taken_back(serve, server, i
     response = post(down, files_of(images))
     assert response.status_code == 503 and response.json()["code"] == "broker_unavailable", response.text
     assert count(down) == before and job_dirs(down) == []
+
+
+def finish_without_preview(live, db_session, job_id):
+    """A succeeded job whose preview has not been drawn yet (as the worker leaves every registration)."""
+    finish(live, db_session, job_id)
+    with db_session() as session:
+        job = session.get(Job, job_id)
+        job.result = {**job.result, "outputs": {k: v for k, v in job.result["outputs"].items() if k != "preview"}}
+
+
+def preview_messages(live):
+    return [path for path in messages(live) if b"adacs.registration.preview" in path.read_bytes()]
+
+
+def test_a_preview_nobody_draws_is_a_404_not_ready_after_the_wait(server, images, db_session, monkeypatch):
+    monkeypatch.setattr("service.api.job_routes.ON_DEMAND_WAIT_S", 0.3)
+    job_id = post(server, files_of(images)).json()["id"]
+    finish_without_preview(server, db_session, job_id)
+    sent_before = len(preview_messages(server))
+    response = server.client.get(f"/v1/registrations/{job_id}/preview.png")
+    assert response.status_code == 404 and response.json()["code"] == "not_ready"
+    assert response.headers["retry-after"] == "5" and "preview.png is being drawn" in response.json()["detail"]
+    assert len(preview_messages(server)) == sent_before + 1  # the worker was asked, once
+
+
+def test_a_preview_wait_ends_when_the_job_is_deleted_or_expires_meanwhile(server, images, db_session, monkeypatch):
+    monkeypatch.setattr("service.api.job_routes.ON_DEMAND_WAIT_S", 30.0)
+    job_id = post(server, files_of(images)).json()["id"]
+    finish_without_preview(server, db_session, job_id)
+
+    def expire_soon():
+        time.sleep(0.3)
+        with db_session() as session:
+            session.get(Job, job_id).expired_at = datetime.now(UTC)
+
+    threading.Thread(target=expire_soon, daemon=True).start()
+    started = time.monotonic()
+    response = server.client.get(f"/v1/registrations/{job_id}/preview.png")
+    assert time.monotonic() - started < 10  # not the 30 s wait
+    assert response.status_code == 404 and response.json()["code"] == "no_output"

@@ -6,7 +6,6 @@ for the same pair (a batched forward sums in another order than a forward of one
 
 from __future__ import annotations
 
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,12 +14,8 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from service.cli import main as adacs
-from service.core.config import Settings
-from service.db import upgrade_database
-from service.main import create_app
 
 MODEL = "batched"
 THREADS = 4
@@ -33,31 +28,11 @@ def read(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def batched(redis_url, model_zip, live_server, module_worker_process, postgres_database, tmp_path_factory):
-    import redis
-
-    data = tmp_path_factory.mktemp("batched")
-    url = postgres_database()
-    upgrade_database(url)
-    queue = f"inference-batched-{secrets.token_hex(6)}"
-    settings = Settings(data_dir=data / "data", database_url=url, broker_url=redis_url, default_model=MODEL)
+def batched(registration_stack, postgres_database, tmp_path_factory):
     # A long window: a batch goes as soon as every running registration has handed its forward.
-    worker = module_worker_process(
-        {"ADACS_DATA_DIR": str(settings.data_dir), "ADACS_DATABASE_URL": url, "ADACS_BROKER_URL": redis_url,
-         "ADACS_ARTIFACT_DIR": str(settings.artifact_dir), "ADACS_WORKER_BATCH_WINDOW_MS": "1000",
-         "ADACS_WORKER_TORCH_THREADS": str(torch.get_num_threads())},
-        [queue], data / "worker.log", pool=("threads", THREADS))
-    try:
-        with live_server(create_app(settings, inference_queue=queue), settings, timeout=60) as server:
-            response = server.client.post("/v1/models", data={"name": MODEL}, files={"file": ("model.zip", model_zip)})
-            assert response.status_code == 201, response.text
-            response = server.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
-            assert response.status_code == 200, response.text
-            server.worker = worker
-            yield server
-    finally:
-        worker.stop()
-        redis.Redis.from_url(redis_url).delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    with registration_stack(tmp_path_factory.mktemp("batched"), postgres_database(), MODEL,
+                            {"ADACS_WORKER_BATCH_WINDOW_MS": "1000"}, pool=("threads", THREADS)) as server:
+        yield server
 
 
 def register(server, files: dict[str, tuple[str, bytes]]) -> dict:
@@ -77,7 +52,8 @@ def test_concurrent_registrations_share_forwards_and_match_the_cli(batched, imag
     with ThreadPoolExecutor(JOBS) as pool:
         jobs = list(pool.map(lambda _: register(batched, files), range(JOBS)))
     log = batched.worker.tail(200_000)
-    assert all(job["status"] == "succeeded" for job in jobs), f"{[j['error'] for j in jobs]}\n{log[-4000:]}"
+    outcomes = [(job["status"], job["error"]) for job in jobs]
+    assert all(job["status"] == "succeeded" for job in jobs), f"{outcomes}\n{log[-4000:]}"
     assert "one forward for" in log, "no two registrations shared a forward"
 
     local = tmp_path / "local"

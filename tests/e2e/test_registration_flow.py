@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from service.cli import main as adacs
-from service.core.config import Settings
-from service.db import upgrade_database
-from service.main import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 90
@@ -50,41 +45,20 @@ def dicom_pair(tmp_path_factory, dicom_zip) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, redis_url, model_zip, image_pair, live_server, module_worker_process,
-          tmp_path_factory) -> Iterator:
-    """The API and one worker on a queue of their own; the tiny model registered and promoted over HTTP,
-    and the worker warm: it has finished one registration (its first loads torch and the model)."""
-    import redis
-
+def stack(request, registration_stack, image_pair, tmp_path_factory) -> Iterator:
+    """The API and one worker on a queue of their own (tests/e2e/conftest.py), the worker warm: it has
+    finished one registration (its first loads torch and the model)."""
     data = tmp_path_factory.mktemp(f"e2e-{request.param}")
     url = (f"sqlite:///{data / 'adacs.db'}" if request.param == "sqlite"
            else request.getfixturevalue("postgres_database")())
-    upgrade_database(url)
-    queue = f"inference-e2e-{secrets.token_hex(6)}"
-    settings = Settings(data_dir=data / "data", database_url=url, broker_url=redis_url, default_model=MODEL)
-    # As many torch threads as `adacs register` gets in this process: the same kernels, the same sums.
-    worker = module_worker_process(
-        {"ADACS_DATA_DIR": str(settings.data_dir), "ADACS_DATABASE_URL": url, "ADACS_BROKER_URL": redis_url,
-         "ADACS_ARTIFACT_DIR": str(settings.artifact_dir), "ADACS_HEARTBEAT_INTERVAL_S": "0.5",
-         "ADACS_WORKER_TORCH_THREADS": str(torch.get_num_threads())},
-        [queue], data / "worker.log")
-    try:
-        with live_server(create_app(settings, inference_queue=queue), settings, timeout=60) as server:
-            response = server.client.post("/v1/models", data={"name": MODEL}, files={"file": ("model.zip", model_zip)})
-            assert response.status_code == 201, response.text
-            response = server.client.post(f"/v1/models/{MODEL}/versions/1/promote", json={"stage": "production"})
-            assert response.status_code == 200, response.text
-            server.worker = worker
-            # Waited for here, so that a test passing ``wait`` finds a warm worker whichever test runs first.
-            pair = {role: (f"{role}.nii.gz", image_pair[role].read_bytes()) for role in ("fixed", "moving")}
-            response = server.client.post("/v1/registrations", files=pair)
-            assert response.status_code == 202, response.text
-            warm_up = wait_for(server, response.json()["id"])
-            assert warm_up["status"] == "succeeded", f"{warm_up['error']}\n{worker.tail()}"
-            yield server
-    finally:
-        worker.stop()
-        redis.Redis.from_url(redis_url).delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    with registration_stack(data, url, MODEL, {"ADACS_HEARTBEAT_INTERVAL_S": "0.5"}) as server:
+        # Waited for here, so that a test passing ``wait`` finds a warm worker whichever test runs first.
+        pair = {role: (f"{role}.nii.gz", image_pair[role].read_bytes()) for role in ("fixed", "moving")}
+        response = server.client.post("/v1/registrations", files=pair)
+        assert response.status_code == 202, response.text
+        warm_up = wait_for(server, response.json()["id"])
+        assert warm_up["status"] == "succeeded", f"{warm_up['error']}\n{server.worker.tail()}"
+        yield server
 
 
 def wait_for(server, job_id: str) -> dict:
