@@ -46,8 +46,8 @@ def dicom_pair(tmp_path_factory, dicom_zip) -> dict[str, Path]:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def stack(request, registration_stack, image_pair, tmp_path_factory) -> Iterator:
-    """The API and one worker on a queue of their own (tests/e2e/conftest.py), the worker warm: it has
-    finished one registration (its first loads torch and the model)."""
+    """The API and one worker on a queue of their own (``registration_stack``, tests/conftest.py), the
+    worker warm: it has finished one registration (its first loads torch and the model)."""
     data = tmp_path_factory.mktemp(f"e2e-{request.param}")
     url = (f"sqlite:///{data / 'adacs.db'}" if request.param == "sqlite"
            else request.getfixturevalue("postgres_database")())
