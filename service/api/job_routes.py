@@ -28,32 +28,12 @@ from service.jobs.tasks import TaskSender
 from service.storage import ArtifactStore
 from service.storage.atomic import CHUNK
 
-__all__ = ["JobFiles", "BrokerUnavailable", "poll_row", "POLL_S", "FAST_POLL_S", "FAST_POLL_FOR_S", "ON_DEMAND_WAIT_S"]
+__all__ = ["JobFiles", "BrokerUnavailable", "POLL_S", "FAST_POLL_S", "FAST_POLL_FOR_S", "ON_DEMAND_WAIT_S"]
 
 POLL_S = 0.1
 FAST_POLL_S = 0.01
 FAST_POLL_FOR_S = 2.0
 ON_DEMAND_WAIT_S = 30.0  # a download of an output made on demand waits this long for a worker to make it
-
-
-def poll_row(session: Session, job: Job, seconds: float, until: Callable[[Job], bool]) -> bool:
-    """Re-read ``job``'s row (a fresh read each time) until ``until(job)`` or ``seconds`` passed; whether it held.
-
-    Every :data:`FAST_POLL_S` for the first :data:`FAST_POLL_FOR_S` (a 2D job ends within a few
-    hundred ms, and is answered within 10 ms of its end instead of up to 100 ms), then every
-    :data:`POLL_S` for a long one. A primary-key read costs about 0.2 ms on SQLite and PostgreSQL
-    here: 100 a second for two seconds is cheap next to the job itself.
-    """
-    start = time.monotonic()
-    deadline = start + seconds
-    while not until(job):
-        if time.monotonic() >= deadline:
-            return False
-        interval = FAST_POLL_S if time.monotonic() - start < FAST_POLL_FOR_S else POLL_S
-        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        session.commit()  # end the read transaction, so the next read sees the worker's commits
-        session.refresh(job)
-    return True
 
 
 class BrokerUnavailable(ApiError):
@@ -129,10 +109,31 @@ class JobFiles:
                                .offset(offset).limit(limit))
         return list(jobs), session.scalar(select(func.count(Job.id)).where(where)) or 0
 
-    @staticmethod
-    def wait(session: Session, job: Job, seconds: float) -> None:
-        """Re-read the row until the job finished or ``seconds`` passed (:func:`poll_row`)."""
-        poll_row(session, job, seconds, lambda row: row.status.finished)
+    def wait(self, session: Session, job: Job, seconds: float) -> None:
+        """Re-read the row until the job finished or ``seconds`` passed (:meth:`poll`)."""
+        self.poll(session, job, seconds, lambda row: row.status.finished)
+
+    def poll(self, session: Session, job: Job, seconds: float, until: Callable[[Job], bool]) -> bool:
+        """Re-read ``job``'s row (a fresh read each time) until ``until(job)`` or ``seconds`` passed; whether
+        it held. A job deleted meanwhile (its owner may delete a queued or finished one) is a 404.
+
+        Every :data:`FAST_POLL_S` for the first :data:`FAST_POLL_FOR_S` (a 2D job ends within a few
+        hundred ms, and is answered within 10 ms of its end instead of up to 100 ms), then every
+        :data:`POLL_S` for a long one. A primary-key read costs about 0.2 ms on SQLite and PostgreSQL
+        here: 100 a second for two seconds is cheap next to the job itself.
+        """
+        job_id = job.id
+        start = time.monotonic()
+        deadline = start + seconds
+        while not until(job):
+            if time.monotonic() >= deadline:
+                return False
+            interval = FAST_POLL_S if time.monotonic() - start < FAST_POLL_FOR_S else POLL_S
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            session.commit()  # end the read transaction, so the next read sees the worker's commits
+            if session.get(Job, job_id, populate_existing=True) is None:  # the same object, re-read
+                raise self.not_found(job_id)
+        return True
 
     def output_links(self, job: Job, base: str) -> dict[str, dict[str, Any]]:
         """Each output of a succeeded job: file, URL, sha256, size."""
@@ -178,7 +179,7 @@ class JobFiles:
             return row.status != JobStatus.SUCCEEDED or row.expired_at is not None or \
                 role in RegistrationResult.read(row.result).outputs
 
-        if poll_row(session, job, ON_DEMAND_WAIT_S, settled):
+        if self.poll(session, job, ON_DEMAND_WAIT_S, settled):
             return RegistrationResult.read(job.result).outputs.get(role) if job.status == JobStatus.SUCCEEDED \
                 else None
         file = next(name for segment_role, _, name in self.downloads.values() if segment_role == role)

@@ -403,7 +403,7 @@ def test_a_preview_nobody_draws_is_a_404_not_ready_after_the_wait(server, images
     assert len(preview_messages(server)) == sent_before + 1  # the worker was asked, once
 
 
-def test_a_preview_wait_ends_when_the_job_is_deleted_or_expires_meanwhile(server, images, db_session, monkeypatch):
+def test_a_preview_wait_ends_when_the_job_expires_meanwhile(server, images, db_session, monkeypatch):
     monkeypatch.setattr("service.api.job_routes.ON_DEMAND_WAIT_S", 30.0)
     job_id = post(server, files_of(images)).json()["id"]
     finish_without_preview(server, db_session, job_id)
@@ -418,3 +418,29 @@ def test_a_preview_wait_ends_when_the_job_is_deleted_or_expires_meanwhile(server
     response = server.client.get(f"/v1/registrations/{job_id}/preview.png")
     assert time.monotonic() - started < 10  # not the 30 s wait
     assert response.status_code == 404 and response.json()["code"] == "no_output"
+
+
+def test_a_preview_wait_ends_with_a_404_when_the_job_is_deleted_meanwhile(server, images, db_session, monkeypatch):
+    monkeypatch.setattr("service.api.job_routes.ON_DEMAND_WAIT_S", 30.0)
+    job_id = post(server, files_of(images)).json()["id"]
+    finish_without_preview(server, db_session, job_id)
+    deleted = []
+    threading.Timer(0.3, lambda: deleted.append(server.client.delete(f"/v1/registrations/{job_id}"))).start()
+    started = time.monotonic()
+    response = server.client.get(f"/v1/registrations/{job_id}/preview.png")
+    assert time.monotonic() - started < 10 and deleted[0].status_code == 204
+    assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
+
+
+def test_a_wait_ends_with_a_404_when_the_queued_job_is_deleted_meanwhile(server, images):
+    deleted = []
+
+    def delete_the_queued_job():
+        listed = server.client.get("/v1/registrations", params={"limit": 1}).json()["data"][0]
+        deleted.append(server.client.delete(f"/v1/registrations/{listed['id']}"))
+
+    threading.Timer(0.5, delete_the_queued_job).start()
+    started = time.monotonic()
+    response = post(server, files_of(images), params={"wait": 30})  # no worker: it stays queued
+    assert time.monotonic() - started < 10 and deleted[0].status_code == 204
+    assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
